@@ -1,0 +1,153 @@
+"""Node graphs: one YAML description, two launchers.
+
+`launch/*.launch.py` turns a graph into launch_ros Node actions for `ros2 launch` on a ROS
+install; `GraphRunner` starts the same processes here without the ROS launch tools. Each
+process runs `apprentice_ros.<executable>` (a module with main(), installed as a console script
+of the same name) with the graph's parameters in a params file for all its nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GRAPHS_DIR = Path(__file__).resolve().parent.parent / "launch" / "graphs"
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    executable: str
+    label: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    processes: tuple[ProcessSpec, ...]
+    source: Path | None = None
+
+    def with_parameters(self, overrides: dict[str, Any]) -> Graph:
+        """Applies overrides to every process that declares the parameter."""
+        procs = tuple(
+            ProcessSpec(
+                p.executable,
+                p.label,
+                {**p.parameters, **{k: v for k, v in overrides.items() if k in p.parameters}},
+            )
+            for p in self.processes
+        )
+        unknown = set(overrides) - {k for p in self.processes for k in p.parameters}
+        if unknown:
+            raise ValueError(f"graph {self.name}: no process has parameter(s) {sorted(unknown)}")
+        return Graph(self.name, procs, self.source)
+
+
+def resolve_graph_path(name_or_path: str | os.PathLike[str]) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = GRAPHS_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in GRAPHS_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"no graph file {name_or_path!r}; graphs in {GRAPHS_DIR}: {known}")
+
+
+def load_graph(name_or_path: str | os.PathLike[str]) -> Graph:
+    path = resolve_graph_path(name_or_path)
+    doc = yaml.safe_load(path.read_text())
+    if not isinstance(doc, dict) or not isinstance(doc.get("processes"), list):
+        raise ValueError(f"{path}: a graph needs a 'processes' list")
+    procs = []
+    for i, p in enumerate(doc["processes"]):
+        exe = p.get("executable") if isinstance(p, dict) else None
+        if not isinstance(exe, str) or not exe.isidentifier():
+            raise ValueError(f"{path}: process {i} needs an 'executable' (a module name)")
+        params = p.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"{path}: process {i} ({exe}): 'parameters' must be a mapping")
+        procs.append(ProcessSpec(exe, str(p.get("label", exe)), params))
+    return Graph(str(doc.get("name", path.stem)), tuple(procs), path)
+
+
+def write_params_file(params: dict[str, Any], folder: Path, label: str) -> Path:
+    """A ROS 2 params file that applies to every node of the process (`/**`)."""
+    path = folder / f"{label}.params.yaml"
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}, sort_keys=False))
+    return path
+
+
+class GraphRunner:
+    """Starts a graph's processes here (no ROS launch tools) and stops them all together."""
+
+    def __init__(
+        self, graph: Graph, env: dict[str, str] | None = None, log_dir: Path | None = None
+    ):
+        self.graph = graph
+        self.env = dict(os.environ if env is None else env)
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"graph-{graph.name}-")
+        self.log_dir = log_dir
+        self.procs: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
+
+    def start(self) -> GraphRunner:
+        folder = Path(self._tmp.name)
+        for spec in self.graph.processes:
+            params = write_params_file(spec.parameters, folder, spec.label)
+            cmd = [sys.executable, "-m", f"apprentice_ros.{spec.executable}"]
+            cmd += ["--ros-args", "--params-file", str(params)]
+            out = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                out = open(self.log_dir / f"{spec.label}.log", "wb")  # noqa: SIM115
+            proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            self.procs.append((spec, proc))
+        return self
+
+    def poll(self) -> list[tuple[str, int]]:
+        """(label, exit code) of every process that has exited."""
+        return [(s.label, p.returncode) for s, p in self.procs if p.poll() is not None]
+
+    def wait(self) -> int:
+        """Blocks until any process exits (or Ctrl-C), then stops the rest; worst exit code."""
+        try:
+            while not self.poll():
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        return self.stop()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGINT (clean shutdown), then SIGTERM, then SIGKILL for whatever is left."""
+        for sig, grace in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            alive = [p for _, p in self.procs if p.poll() is None]
+            if not alive:
+                break
+            for p in alive:
+                p.send_signal(sig)
+            deadline = time.monotonic() + grace
+            for p in alive:
+                try:
+                    p.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        self._tmp.cleanup()
+        codes = [p.returncode for _, p in self.procs]
+        # -SIGINT / 0 are clean stops; anything else is reported.
+        bad = [c for c in codes if c not in (0, -signal.SIGINT, None)]
+        return bad[0] if bad else 0
+
+    def __enter__(self) -> GraphRunner:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Arm and camera calibration cores and CLIs (imported as apprentice.calibration)."""

@@ -1,0 +1,155 @@
+"""Arm driver node: any Arm backend on ROS 2.
+
+Topics (relative: put the node in the arm's namespace, e.g. /left):
+  joint_states    sensor_msgs/JointState      at `joint_state_rate`, stamps from the backend
+  commands        std_msgs/Float64MultiArray  positions in joint order (ros2_control forward
+                                              position controller style)
+  joint_commands  sensor_msgs/JointState      positions by joint name (others keep their target)
+Services:
+  stats           std_srvs/Trigger           JSON counters: accepted, rejected, last_rejection, ...
+  set_torque      std_srvs/SetBool           torque on (holding the present pose) or off
+A rejected command (NaN/inf, wrong length, unknown joint, outside limits) is logged with its
+reason and counted; the arm keeps its last accepted target.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+from apprentice.arm_driver import ArmDriver, Verdict
+from apprentice.robot_io import Arm
+from apprentice.timing import RateLoop
+from apprentice_ros.conversions import joint_state
+from apprentice_ros.params import declare
+
+JOINT_QOS = QoSProfile(depth=10)  # RELIABLE, KEEP_LAST: a late subscriber gets the newest
+
+
+class ArmDriverNode(Node):
+    def __init__(self, arm: Arm, name: str, namespace: str = "", rate_hz: float = 100.0) -> None:
+        super().__init__(name, namespace=namespace)
+        self.core = ArmDriver(arm)
+        self.rate_hz = rate_hz
+        self._pub = self.create_publisher(JointState, "joint_states", JOINT_QOS)
+        self.create_subscription(Float64MultiArray, "commands", self._on_array, JOINT_QOS)
+        self.create_subscription(JointState, "joint_commands", self._on_named, JOINT_QOS)
+        self.create_service(Trigger, "stats", self._on_stats)
+        self.create_service(SetBool, "set_torque", self._on_torque)
+        self.read_errors = 0
+        self.skipped_stale = 0
+        self._stop = threading.Event()
+        self._loop = RateLoop(rate_hz, self._stop)
+        self._thread = threading.Thread(target=self._publish_loop, name=f"{name}-states")
+        self._thread.start()
+        self.get_logger().info(
+            f"driving {arm.spec.n_joints} joints {list(arm.spec.joint_names)} at {rate_hz:g} Hz"
+        )
+
+    def _publish_loop(self) -> None:
+        last = float("-inf")
+        names = self.core.spec.joint_names
+        for _ in self._loop:
+            try:
+                reading = self.core.read()
+            except Exception as exc:  # a bus fault must not kill the node
+                self.read_errors += 1
+                self.get_logger().error(f"read failed: {exc}", throttle_duration_sec=1.0)
+                continue
+            if reading.stamp <= last:  # no new state since the last tick (sim paused)
+                self.skipped_stale += 1
+                continue
+            last = reading.stamp
+            self._pub.publish(joint_state(reading, names))
+
+    def _report(self, verdict: Verdict) -> None:
+        if not verdict.accepted:
+            self.get_logger().warning(
+                f"command rejected: {verdict.reason}", throttle_duration_sec=1.0
+            )
+
+    def _on_array(self, msg: Float64MultiArray) -> None:
+        self._report(self.core.command(msg.data))
+
+    def _on_named(self, msg: JointState) -> None:
+        self._report(self.core.command_named(list(msg.name), list(msg.position)))
+
+    def _on_stats(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        stats = self.core.stats()
+        stats.update(
+            read_errors=self.read_errors,
+            missed_ticks=self._loop.missed,
+            skipped_stale=self.skipped_stale,
+        )
+        res.success = True
+        res.message = json.dumps(stats)
+        return res
+
+    def _on_torque(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
+        self.core.set_torque(req.data)
+        res.success = True
+        res.message = "torque on" if req.data else "torque off"
+        return res
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        super().destroy_node()
+
+
+def spin_nodes(nodes: list[Node], on_exit=None) -> None:
+    """Spins nodes until Ctrl-C / SIGTERM, then shuts everything down in order."""
+    executor = MultiThreadedExecutor()
+    for node in nodes:
+        executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        if on_exit is not None:
+            on_exit()
+        executor.shutdown()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+BACKENDS = ("mujoco",)  # feetech and dynamixel buses come with the hardware drivers
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    boot = Node("arm_driver_params")
+    p = declare(
+        boot,
+        {
+            "backend": "mujoco",
+            "arm": "arm",
+            "joint_state_rate": 100.0,
+            "scene": "so100_lift",  # mujoco backend only
+            "seed": 0,
+        },
+    )
+    boot.destroy_node()
+    if p["backend"] not in BACKENDS:
+        raise SystemExit(f"arm_driver: unknown backend {p['backend']!r}; known: {BACKENDS}")
+    from apprentice.sim.world import MujocoWorld
+
+    world = MujocoWorld(p["scene"], seed=p["seed"])
+    world.start()
+    node = ArmDriverNode(world.arm(p["arm"]), "arm_driver", p["arm"], p["joint_state_rate"])
+    spin_nodes([node], on_exit=world.stop)
+
+
+if __name__ == "__main__":
+    main()

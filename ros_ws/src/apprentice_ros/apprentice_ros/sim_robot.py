@@ -1,0 +1,91 @@
+"""The simulated robot: one MuJoCo world served by the same nodes as hardware.
+
+One process hosts the world, an ArmDriverNode per arm (namespace /<arm>) and a CameraNode per
+camera (namespace /cameras/<camera>) — they share the physics, so they share a process. A `sim`
+node adds what only a simulator has:
+  /sim/reset       std_srvs/Trigger   arms home, objects to the next seed's random pose
+  /sim/task_stage  std_msgs/Int32     task progress stage (10 Hz)
+  /sim/success     std_msgs/Bool      True once the stage reaches the task's last one (10 Hz)
+"""
+
+from __future__ import annotations
+
+import rclpy
+from rclpy.node import Node
+from std_msgs.msg import Bool, Int32
+from std_srvs.srv import Trigger
+
+from apprentice.sim.world import MujocoWorld
+from apprentice_ros.arm_driver import ArmDriverNode, spin_nodes
+from apprentice_ros.camera import CameraNode
+from apprentice_ros.params import declare
+
+DEFAULTS = {
+    "scene": "aloha_transfer_cube",
+    "seed": 0,
+    "arms": ["all"],
+    "joint_state_rate": 100.0,
+    "cameras": ["top"],
+    "camera_rate": 30.0,
+    "image_width": 320,
+    "image_height": 240,
+    "jpeg_quality": 90,
+    "publish_raw": True,
+    "publish_compressed": True,
+}
+
+
+class SimNode(Node):
+    def __init__(self, world: MujocoWorld) -> None:
+        super().__init__("sim")
+        self.world = world
+        self._stage = self.create_publisher(Int32, "~/task_stage", 10)
+        self._success = self.create_publisher(Bool, "~/success", 10)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_timer(0.1, self._publish_status)
+
+    def _publish_status(self) -> None:
+        status = self.world.task_status()
+        self._stage.publish(Int32(data=status.stage))
+        self._success.publish(Bool(data=status.success))
+
+    def _on_reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        self.world.reset(self.world.seed + 1)
+        res.success = True
+        res.message = f"reset with seed {self.world.seed}"
+        return res
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    sim_node_params = Node("sim_robot_params")
+    p = declare(sim_node_params, DEFAULTS)
+    sim_node_params.destroy_node()
+
+    world = MujocoWorld(p["scene"], seed=p["seed"])
+    arms = world.arm_names if p["arms"] == ["all"] else p["arms"]
+    nodes: list[Node] = [SimNode(world)]
+    for arm in arms:
+        nodes.append(
+            ArmDriverNode(
+                world.arm(arm), "arm_driver", namespace=arm, rate_hz=p["joint_state_rate"]
+            )
+        )
+    for cam in p["cameras"]:
+        camera = world.camera(cam, p["image_width"], p["image_height"], p["camera_rate"])
+        nodes.append(
+            CameraNode(
+                camera,
+                "camera",
+                namespace=f"cameras/{cam}",
+                raw=p["publish_raw"],
+                compressed=p["publish_compressed"],
+                jpeg_quality=p["jpeg_quality"],
+            )
+        )
+    world.start()
+    spin_nodes(nodes, on_exit=world.stop)
+
+
+if __name__ == "__main__":
+    main()

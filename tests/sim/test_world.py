@@ -1,0 +1,143 @@
+"""The MuJoCo backend: scenes, randomization, tracking, cameras, task success, pacing."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from apprentice.robot_io import Camera
+from apprentice.sim.ik import ArmIK
+from apprentice.sim.scenes import SCENES
+from apprentice.sim.world import MujocoArm, MujocoWorld
+
+
+@pytest.mark.parametrize("scene", sorted(SCENES))
+def test_scene_loads_at_500hz_with_arms_and_cameras(scene: str) -> None:
+    world = MujocoWorld(scene, seed=0)
+    assert world.model.opt.timestep <= 0.002
+    for name in world.arm_names:
+        spec = world.arm(name).spec
+        q = world.arm(name).read().position
+        assert np.all(q >= spec.lower - 1e-6) and np.all(q <= spec.upper + 1e-6)
+    assert world.task_status().stage == 0 and not world.task_status().success
+    with pytest.raises(ValueError, match="no camera"):
+        world.camera("nope")
+
+
+def test_objects_randomized_by_seed() -> None:
+    a = MujocoWorld("aloha_insertion", seed=3)
+    b = MujocoWorld("aloha_insertion", seed=3)
+    c = MujocoWorld("aloha_insertion", seed=4)
+    for body in ("peg", "socket"):
+        np.testing.assert_array_equal(a.object_position(body), b.object_position(body))
+        assert np.linalg.norm(a.object_position(body) - c.object_position(body)) > 1e-3
+    a.reset(4)
+    np.testing.assert_allclose(a.object_position("peg"), c.object_position("peg"))
+
+
+@pytest.mark.parametrize("scene,arm", [("aloha_transfer_cube", "right"), ("so100_lift", "arm")])
+def test_position_targets_tracked_within_002_rad_in_1s(scene: str, arm: str) -> None:
+    world = MujocoWorld(scene, seed=0)
+    a = world.arm(arm)
+    q0 = a.read().position
+    target = np.clip(q0 + 0.25 * np.sign(np.arange(q0.size) % 2 - 0.5), a.spec.lower, a.spec.upper)
+    target[-1] = q0[-1]  # gripper stays
+    a.write(target)
+    world.step(int(1.0 / world.model.opt.timestep))
+    err = np.abs(a.read().position - target)
+    assert err.max() < 0.02, f"tracking error after 1 s: {np.round(err, 4)}"
+
+
+def test_camera_renders_with_intrinsics_and_increasing_stamps() -> None:
+    world = MujocoWorld("aloha_transfer_cube", seed=0)
+    world.start()
+    try:
+        cam = world.camera("top", width=160, height=120, fps=30)
+        assert isinstance(cam, Camera)
+        frames = [cam.read() for _ in range(6)]
+    finally:
+        world.stop()
+    for f in frames:
+        assert f.image.shape == (120, 160, 3) and f.image.dtype == np.uint8
+    assert frames[-1].image.std() > 5  # a scene, not a blank buffer
+    stamps = np.array([f.stamp for f in frames])
+    assert np.all(np.diff(stamps) > 0)
+    assert abs(stamps[-1] - time.time()) < 0.5  # stamps are on the host clock
+    k = cam.spec.k
+    assert k[0, 0] == pytest.approx(k[1, 1]) and k[0, 2] == pytest.approx(79.5)
+
+
+def test_realtime_pacing() -> None:
+    world = MujocoWorld("so100_lift", seed=0)
+    t0 = world.sim_time
+    world.start()
+    time.sleep(1.0)
+    world.stop()
+    assert 0.85 < world.sim_time - t0 < 1.1
+
+
+def _move(world: MujocoWorld, arm: MujocoArm, q_arm: np.ndarray, grip: float, seconds: float):
+    """Linear joint-space interpolation at 50 Hz, like a teleop stream."""
+    q0 = arm.read().position
+    q1 = np.append(q_arm, grip)
+    steps = int(seconds * 50)
+    per_tick = int(0.02 / world.model.opt.timestep)
+    for i in range(1, steps + 1):
+        arm.write(q0 + (q1 - q0) * i / steps)
+        world.step(per_tick)
+
+
+def scripted_lift(world: MujocoWorld, arm_name: str, approach_axis, grip_open, grip_closed):
+    """Above the cube, down, close, lift 8 cm: joint targets from IK on the model."""
+    arm = world.arm(arm_name)
+    ik = ArmIK(world.model, arm.defn, approach_axis)
+    world.step(250)  # let the cube settle
+    cube = world.object_position("box")
+    down = np.array([0.0, 0.0, -1.0])
+    q = arm.read().position[:-1]
+    stages = []
+    for dz, grip, seconds in (
+        (0.10, grip_open, 1.0),
+        (0.0, grip_open, 1.0),
+        (0.0, grip_closed, 0.5),
+        (0.08, grip_closed, 1.0),
+    ):
+        sol = ik.solve(cube + [0.0, 0.0, dz], down, q, world.data.qpos.copy())
+        assert sol.converged, f"IK: {sol.position_error:.4f} m, {sol.axis_error:.3f} rad"
+        q = sol.q
+        _move(world, arm, q, grip, seconds)
+        stages.append(world.task_status())
+    return stages, world.object_position("box")[2] - cube[2]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_success_flips_when_so100_lifts_the_cube(seed: int) -> None:
+    world = MujocoWorld("so100_lift", seed=seed)
+    stages, raised = scripted_lift(world, "arm", (0, -1, 0), 0.8, -0.2)
+    assert not any(s.success for s in stages[:-1])
+    assert stages[-1].success and stages[-1].label == "lifted"
+    assert raised > 0.03
+
+
+def test_transfer_cube_stage_reaches_lifted_with_right_arm() -> None:
+    world = MujocoWorld("aloha_transfer_cube", seed=0)
+    stages, raised = scripted_lift(world, "right", (1, 0, 0), 0.057, 0.021)
+    assert stages[0].stage == 0
+    assert stages[-1].label == "lifted" and not stages[-1].success  # not yet transferred
+    assert raised > 0.02
+
+
+def test_torque_off_makes_the_arm_limp() -> None:
+    world = MujocoWorld("so100_lift", seed=0)
+    arm = world.arm("arm")
+    q0 = arm.read().position
+    arm.set_torque(False)
+    world.step(500)
+    sagged = np.abs(arm.read().position - q0).max()
+    arm.set_torque(True)
+    arm.write(q0)
+    world.step(500)
+    assert sagged > 0.05  # gravity wins without torque
+    assert np.abs(arm.read().position - q0).max() < 0.02
