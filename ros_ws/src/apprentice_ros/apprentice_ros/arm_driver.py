@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import threading
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
@@ -30,6 +28,7 @@ from apprentice.robot_io import Arm
 from apprentice.timing import RateLoop
 from apprentice_ros.conversions import joint_state
 from apprentice_ros.params import declare
+from apprentice_ros.runtime import init, spin_nodes
 
 JOINT_QOS = QoSProfile(depth=10)  # RELIABLE, KEEP_LAST: a late subscriber gets the newest
 
@@ -105,30 +104,11 @@ class ArmDriverNode(Node):
         super().destroy_node()
 
 
-def spin_nodes(nodes: list[Node], on_exit=None) -> None:
-    """Spins nodes until Ctrl-C / SIGTERM, then shuts everything down in order."""
-    executor = MultiThreadedExecutor()
-    for node in nodes:
-        executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        for node in nodes:
-            node.destroy_node()
-        if on_exit is not None:
-            on_exit()
-        executor.shutdown()
-        if rclpy.ok():
-            rclpy.shutdown()
-
-
 BACKENDS = ("mujoco",)  # feetech and dynamixel buses come with the hardware drivers
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
+    init(args)
     boot = Node("arm_driver_params")
     p = declare(
         boot,

@@ -10,15 +10,15 @@ node adds what only a simulator has:
 
 from __future__ import annotations
 
-import rclpy
 from rclpy.node import Node
 from std_msgs.msg import Bool, Int32
 from std_srvs.srv import Trigger
 
 from apprentice.sim.world import MujocoWorld
-from apprentice_ros.arm_driver import ArmDriverNode, spin_nodes
+from apprentice_ros.arm_driver import ArmDriverNode
 from apprentice_ros.camera import CameraNode
 from apprentice_ros.params import declare
+from apprentice_ros.runtime import init, spin_nodes
 
 DEFAULTS = {
     "scene": "aloha_transfer_cube",
@@ -57,7 +57,7 @@ class SimNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
+    init(args)
     sim_node_params = Node("sim_robot_params")
     p = declare(sim_node_params, DEFAULTS)
     sim_node_params.destroy_node()

@@ -1,0 +1,5 @@
+import sys
+
+from apprentice.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""Process lifecycle for our executables: init, spin, and an orderly shutdown.
+
+rclpy's own signal handler invalidates the context the moment SIGINT arrives, while our
+publisher threads may still be publishing ("publisher's context is invalid"). We take SIGINT
+and SIGTERM ourselves instead: the executor stops, each node stops its threads, then the
+context goes.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+
+def init(args: list[str] | None = None) -> None:
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+    def _interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def spin_nodes(nodes: list[Node], on_exit: Callable[[], None] | None = None) -> None:
+    """Spins nodes until Ctrl-C / SIGTERM, then shuts everything down in order."""
+    executor = MultiThreadedExecutor()
+    for node in nodes:
+        executor.add_node(node)
+    try:
+        executor.spin()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        executor.shutdown()
+        for node in nodes:
+            node.destroy_node()
+        if on_exit is not None:
+            on_exit()
+        if rclpy.ok():
+            rclpy.shutdown()
