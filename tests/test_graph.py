@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from apprentice_ros import sim_robot
 
 from apprentice.graph import GRAPHS_DIR, load_graph, write_params_file
-from apprentice_ros import sim_robot
 
 
 @pytest.mark.parametrize("path", sorted(GRAPHS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
