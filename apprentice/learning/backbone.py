@@ -1,0 +1,147 @@
+"""ResNet-18 trunk with torchvision's state-dict key names, and its normalization choices.
+
+torchvision cannot be installed beside the CPU torch used here, so the network is written out.
+Key names (`conv1.weight`, `bn1.running_mean`, `layer2.0.downsample.1.weight`, ...) match
+`torchvision.models.resnet18`, so ImageNet weights converted once to safetensors on a machine
+that has torchvision load with `load_torchvision_weights` (no download):
+
+    from safetensors.torch import save_file; import torchvision
+    sd = torchvision.models.resnet18(weights="IMAGENET1K_V1").state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, "resnet18_imagenet.safetensors")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+BackboneNorm = Literal["frozen_bn", "group_norm"]
+BACKBONE_NORMS: tuple[str, ...] = ("frozen_bn", "group_norm")
+# ImageNet channel stats (RGB); images enter the policies in [0, 1] and are standardized in-graph.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (DETR / ACT).
+
+    Batch statistics of small robot batches are noisy, and ACT fine-tunes from ImageNet weights
+    with them frozen. Keeps torchvision's four keys; `num_batches_tracked` is dropped on load.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()  # (C,)
+        shift = self.bias - self.running_mean * scale  # (C,)
+        return x * scale[None, :, None, None] + shift[None, :, None, None]  # (B, C, H, W)
+
+
+def make_norm(kind: BackboneNorm) -> Callable[[int], nn.Module]:
+    """frozen_bn: for ImageNet-initialized backbones (ACT). group_norm: for training from
+    scratch (Diffusion Policy replaces every BatchNorm with GroupNorm, C/16 groups, because
+    BatchNorm's running stats interact badly with the EMA of weights and small batches)."""
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d
+    if kind == "group_norm":
+        return lambda c: nn.GroupNorm(max(1, c // 16), c)
+    raise ValueError(f"backbone norm must be one of {BACKBONE_NORMS}, got {kind!r}")
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: Callable[[int], nn.Module]):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = norm(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)  # (B, C_out, H', W')
+        out = self.relu(self.bn1(self.conv1(x)))  # (B, C_out, H', W')
+        out = self.bn2(self.conv2(out))  # (B, C_out, H', W')
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 without avgpool/fc: (B, 3, H, W) → (B, 8·width, ⌈H/32⌉, ⌈W/32⌉).
+
+    `width` 64 is the real ResNet-18 (11.2 M parameters); 16 or 32 are light CPU variants
+    with the same keys and depth (their weights cannot come from torchvision).
+    """
+
+    def __init__(self, width: int = 64, norm: BackboneNorm = "frozen_bn"):
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        make = make_norm(norm)
+        self.out_channels = 8 * width
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = make(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths = (width, 2 * width, 4 * width, 8 * width)
+        c_in = width
+        for i, c_out in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layer = nn.Sequential(
+                BasicBlock(c_in, c_out, stride, make), BasicBlock(c_out, c_out, 1, make)
+            )
+            self.add_module(f"layer{i + 1}", layer)
+            c_in = c_out
+
+    @staticmethod
+    def feature_hw(height: int, width: int) -> tuple[int, int]:
+        """Output map size: five stride-2 stages (conv1, maxpool, layer2-4), each ⌊(n-1)/2⌋+1."""
+        for _ in range(5):
+            height, width = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+        return height, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, w, H/4, W/4)
+        x = self.layer1(x)  # (B, w, H/4, W/4)
+        x = self.layer2(x)  # (B, 2w, H/8, W/8)
+        x = self.layer3(x)  # (B, 4w, H/16, W/16)
+        return self.layer4(x)  # (B, 8w, H/32, W/32)
+
+
+def load_torchvision_weights(backbone: ResNet18, path: str | Path) -> None:
+    """Loads a torchvision resnet18 state dict saved as safetensors; drops `fc.*`.
+
+    With GroupNorm the BatchNorm running stats have no counterpart and are dropped, so only
+    the convolutions and the affine norm parameters carry over. Raises on any other mismatch.
+    """
+    state = load_file(str(path))
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = backbone.state_dict()
+    state = {
+        k: v
+        for k, v in state.items()
+        if k in own or not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
+    backbone.load_state_dict(state, strict=True)

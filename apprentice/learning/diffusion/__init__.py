@@ -1,0 +1,1 @@
+"""Diffusion Policy, CNN variant (Chi et al. 2023)."""
