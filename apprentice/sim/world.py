@@ -263,6 +263,7 @@ class MujocoCamera:
         self._renderer: mujoco.Renderer | None = None
         self._seq = 0
         self._next: float | None = None  # monotonic time of the next frame
+        self._last_time = -1.0  # sim time of the last rendered state
         self.dropped = 0
 
     @property
@@ -283,12 +284,23 @@ class MujocoCamera:
         time.sleep(max(0.0, self._next - time.monotonic()))
         self._next += period
         w, m, rd = self.world, self.world.model, self._render_data
-        with w.lock:
-            rd.qpos[:] = w.data.qpos
-            rd.qvel[:] = w.data.qvel
-            rd.mocap_pos[:] = w.data.mocap_pos
-            rd.mocap_quat[:] = w.data.mocap_quat
-            rd.time = w.data.time
+        give_up = time.monotonic() + timeout
+        while True:
+            with w.lock:
+                # Never show the same physics state twice: if physics stalled (a loaded host),
+                # wait for its next step rather than publish a duplicate stamp.
+                fresh = w.data.time > self._last_time
+                if fresh:
+                    rd.qpos[:] = w.data.qpos
+                    rd.qvel[:] = w.data.qvel
+                    rd.mocap_pos[:] = w.data.mocap_pos
+                    rd.mocap_quat[:] = w.data.mocap_quat
+                    rd.time = self._last_time = w.data.time
+            if fresh:
+                break
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"camera {self.name}: physics is not advancing")
+            time.sleep(0.001)
         mujoco.mj_kinematics(m, rd)
         mujoco.mj_camlight(m, rd)
         if self._renderer is None:
