@@ -56,6 +56,49 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return probe.returncode
 
 
+def cmd_record(a: argparse.Namespace) -> int:
+    """Robot + teleop + recorder graph, then a recording session; prints the episodes."""
+    from pathlib import Path
+
+    from apprentice.recording import DatasetIndex
+
+    dataset = Path(a.dataset).resolve()
+    overrides = {"dataset_dir": str(dataset), **_overrides(a.param)}
+    if a.task:
+        overrides["task"] = a.task
+    graph = load_graph(a.graph).with_parameters(overrides)
+    domain = a.domain if a.domain is not None else isolated_domain_id()
+    env = ros_env(domain_id=domain)
+    mode = "--interactive" if a.interactive else "--scripted"
+    print(f"record: graph {graph.name} on ROS_DOMAIN_ID={domain}, dataset {dataset}", flush=True)
+    with GraphRunner(graph, env=env, log_dir=dataset / "logs") as runner:
+        session = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "apprentice_ros.record_session",
+                mode,
+                "--episodes",
+                str(a.episodes),
+            ],
+            env=env,
+            check=False,
+        )
+        died = runner.poll()
+    if died:
+        print(
+            f"record: graph process(es) exited early: {died}; logs in {dataset / 'logs'}",
+            file=sys.stderr,
+        )
+        return 1
+    entries = DatasetIndex(dataset).list()
+    print(
+        f"dataset {dataset}: {len(entries)} episode(s) kept, "
+        f"{sum(e.passed for e in entries)} passed the quality gate"
+    )
+    return session.returncode
+
+
 def cmd_scenes(_a: argparse.Namespace) -> int:
     from apprentice.sim.scenes import SCENES
 
@@ -81,6 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seconds", type=float, default=10.0)
     demo.add_argument("--domain", type=int, help="ROS_DOMAIN_ID (default: a random free one)")
     demo.set_defaults(func=cmd_demo)
+
+    rec = sub.add_parser("record", help="record demonstrations into a dataset of episode bags")
+    rec.add_argument("--graph", default="record_sim_aloha", help="robot+teleop+recorder graph")
+    rec.add_argument("--task", help="task label saved with each episode")
+    rec.add_argument("--episodes", type=int, default=1)
+    rec.add_argument("--dataset", default="data/demos")
+    rec.add_argument(
+        "--interactive",
+        action="store_true",
+        help="keys start/stop/discard episodes (default: scripted demonstrator)",
+    )
+    rec.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    rec.add_argument("--domain", type=int)
+    rec.set_defaults(func=cmd_record)
 
     sub.add_parser("scenes", help="list simulated scenes").set_defaults(func=cmd_scenes)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import yaml
-from apprentice_ros import sim_robot
 
 from apprentice.graph import GRAPHS_DIR, load_graph, write_params_file
 
@@ -13,11 +14,11 @@ from apprentice.graph import GRAPHS_DIR, load_graph, write_params_file
 def test_every_graph_parameter_is_declared_by_its_executable(path) -> None:
     graph = load_graph(path)
     for proc in graph.processes:
-        assert proc.executable == "sim_robot"
-        unknown = set(proc.parameters) - set(sim_robot.DEFAULTS)
+        defaults = importlib.import_module(f"apprentice_ros.{proc.executable}").DEFAULTS
+        unknown = set(proc.parameters) - set(defaults)
         assert not unknown, f"{path.name}: undeclared parameters {unknown}"
         for key, value in proc.parameters.items():  # ROS parameter types are fixed by defaults
-            assert type(value) is type(sim_robot.DEFAULTS[key]), key
+            assert type(value) is type(defaults[key]), (path.name, key)
 
 
 def test_overrides_apply_and_unknown_ones_are_refused() -> None:

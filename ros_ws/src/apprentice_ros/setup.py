@@ -7,7 +7,14 @@ from setuptools import setup
 package = "apprentice_ros"
 # Every executable is a module of the same name with a main(): the graph runner
 # (apprentice.graph) starts `python -m apprentice_ros.<executable>`, ros2 launch the script.
-executables = ["arm_driver", "sim_robot", "probe"]
+executables = [
+    "arm_driver",
+    "sim_robot",
+    "teleop",
+    "recorder",
+    "record_session",
+    "probe",
+]
 
 repo = Path(__file__).resolve().parents[3]
 launch_files = sorted(str(p) for p in (repo / "launch").glob("*.launch.py"))

@@ -8,15 +8,21 @@ Topics (relative: put the node in the arm's namespace, e.g. /left):
 Services:
   stats           std_srvs/Trigger           JSON counters: accepted, rejected, last_rejection, ...
   set_torque      std_srvs/SetBool           torque on (holding the present pose) or off
+  rearm           std_srvs/Trigger           servo buses only: leave the safe state (torque
+                                             stays off until set_torque)
 A rejected command (NaN/inf, wrong length, unknown joint, outside limits) is logged with its
-reason and counted; the arm keeps its last accepted target.
+reason and counted; the arm keeps its last accepted target. A command or torque request the
+backend fails (bus fault, safe state) is counted in `command_errors`; the node stays up.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
+from typing import Any
 
+import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
@@ -24,6 +30,8 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from apprentice.arm_driver import ArmDriver, Verdict
+from apprentice.drivers import factory
+from apprentice.drivers.link import BusError
 from apprentice.robot_io import Arm
 from apprentice.timing import RateLoop
 from apprentice_ros.conversions import joint_state
@@ -34,15 +42,28 @@ JOINT_QOS = QoSProfile(depth=10)  # RELIABLE, KEEP_LAST: a late subscriber gets 
 
 
 class ArmDriverNode(Node):
-    def __init__(self, arm: Arm, name: str, namespace: str = "", rate_hz: float = 100.0) -> None:
+    def __init__(
+        self,
+        arm: Arm,
+        name: str,
+        namespace: str = "",
+        rate_hz: float = 100.0,
+        diagnostics: Callable[[], dict[str, Any]] | None = None,
+        rearm: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(name, namespace=namespace)
         self.core = ArmDriver(arm)
         self.rate_hz = rate_hz
+        self._diagnostics = diagnostics
+        self._rearm = rearm
+        self.command_errors = 0
         self._pub = self.create_publisher(JointState, "joint_states", JOINT_QOS)
         self.create_subscription(Float64MultiArray, "commands", self._on_array, JOINT_QOS)
         self.create_subscription(JointState, "joint_commands", self._on_named, JOINT_QOS)
         self.create_service(Trigger, "stats", self._on_stats)
         self.create_service(SetBool, "set_torque", self._on_torque)
+        if rearm is not None:
+            self.create_service(Trigger, "rearm", self._on_rearm)
         self.read_errors = 0
         self.skipped_stale = 0
         self._stop = threading.Event()
@@ -75,11 +96,25 @@ class ArmDriverNode(Node):
                 f"command rejected: {verdict.reason}", throttle_duration_sec=1.0
             )
 
+    def _guarded(self, what: str, fn: Callable[[], Any]) -> Exception | None:
+        """Runs a backend call; a failure is logged and counted, never raised into the
+        executor (which would end the process)."""
+        try:
+            fn()
+        except Exception as exc:
+            self.command_errors += 1
+            self.get_logger().error(f"{what} failed: {exc}", throttle_duration_sec=1.0)
+            return exc
+        return None
+
     def _on_array(self, msg: Float64MultiArray) -> None:
-        self._report(self.core.command(msg.data))
+        self._guarded("command", lambda: self._report(self.core.command(msg.data)))
 
     def _on_named(self, msg: JointState) -> None:
-        self._report(self.core.command_named(list(msg.name), list(msg.position)))
+        self._guarded(
+            "command",
+            lambda: self._report(self.core.command_named(list(msg.name), list(msg.position))),
+        )
 
     def _on_stats(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         stats = self.core.stats()
@@ -87,15 +122,25 @@ class ArmDriverNode(Node):
             read_errors=self.read_errors,
             missed_ticks=self._loop.missed,
             skipped_stale=self.skipped_stale,
+            command_errors=self.command_errors,
         )
+        if self._diagnostics is not None:
+            stats.update(self._diagnostics())
         res.success = True
         res.message = json.dumps(stats)
         return res
 
     def _on_torque(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
-        self.core.set_torque(req.data)
-        res.success = True
-        res.message = "torque on" if req.data else "torque off"
+        error = self._guarded("set_torque", lambda: self.core.set_torque(req.data))
+        res.success = error is None
+        res.message = str(error) if error else ("torque on" if req.data else "torque off")
+        return res
+
+    def _on_rearm(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        assert self._rearm is not None
+        error = self._guarded("rearm", self._rearm)
+        res.success = error is None
+        res.message = str(error) if error else "rearmed; torque stays off until set_torque"
         return res
 
     def destroy_node(self) -> None:
@@ -104,31 +149,47 @@ class ArmDriverNode(Node):
         super().destroy_node()
 
 
-BACKENDS = ("mujoco",)  # feetech and dynamixel buses come with the hardware drivers
+BACKENDS = tuple(factory.BACKENDS)  # feetech, dynamixel, mujoco
+
+# Parameter defaults (their types fix the ROS parameter types; the graph test checks them).
+DEFAULTS = {
+    "backend": "mujoco",
+    "arm": "arm",  # namespace, and the arm's name in the robot config / MuJoCo scene
+    "joint_state_rate": 100.0,  # Hz
+    "robot": "",  # servo buses: a config in launch/robots (so101, koch, aloha) or a YAML path
+    "calibration_file": "",  # servo buses: YAML written by apprentice.calibration.arm_cli
+    "port": "",  # servo buses: "" = the robot config's
+    "baudrate": 0,  # servo buses: 0 = the robot config's
+    "scene": "so100_lift",  # mujoco only
+    "seed": 0,  # mujoco only
+}
 
 
 def main(args: list[str] | None = None) -> None:
     init(args)
     boot = Node("arm_driver_params")
-    p = declare(
-        boot,
-        {
-            "backend": "mujoco",
-            "arm": "arm",
-            "joint_state_rate": 100.0,
-            "scene": "so100_lift",  # mujoco backend only
-            "seed": 0,
-        },
-    )
+    p = declare(boot, DEFAULTS)
     boot.destroy_node()
-    if p["backend"] not in BACKENDS:
-        raise SystemExit(f"arm_driver: unknown backend {p['backend']!r}; known: {BACKENDS}")
-    from apprentice.sim.world import MujocoWorld
-
-    world = MujocoWorld(p["scene"], seed=p["seed"])
-    world.start()
-    node = ArmDriverNode(world.arm(p["arm"]), "arm_driver", p["arm"], p["joint_state_rate"])
-    spin_nodes([node], on_exit=world.stop)
+    try:
+        built = factory.build_arm(p)
+    except (ValueError, FileNotFoundError, OSError, BusError) as exc:
+        # A wrong config, a missing calibration, or servos that do not match it: no prompt,
+        # no guess, a message and a non-zero exit.
+        rclpy.shutdown()
+        raise SystemExit(f"arm_driver {p['arm']}: {exc}") from None
+    try:
+        node = ArmDriverNode(
+            built.arm,
+            "arm_driver",
+            p["arm"],
+            p["joint_state_rate"],
+            diagnostics=built.diagnostics,
+            rearm=built.rearm,
+        )
+    except BaseException:
+        built.close()
+        raise
+    spin_nodes([node], on_exit=built.close)  # close: torque off on hardware
 
 
 if __name__ == "__main__":

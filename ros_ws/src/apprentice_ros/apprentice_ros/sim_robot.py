@@ -3,12 +3,15 @@
 One process hosts the world, an ArmDriverNode per arm (namespace /<arm>) and a CameraNode per
 camera (namespace /cameras/<camera>) — they share the physics, so they share a process. A `sim`
 node adds what only a simulator has:
-  /sim/reset       std_srvs/Trigger   arms home, objects to the next seed's random pose
+  /sim/reset       std_srvs/Trigger   arms home, objects to the next seed's random pose;
+                                      replies JSON {"scene": ..., "seed": ...}
   /sim/task_stage  std_msgs/Int32     task progress stage (10 Hz)
   /sim/success     std_msgs/Bool      True once the stage reaches the task's last one (10 Hz)
 """
 
 from __future__ import annotations
+
+import json
 
 from rclpy.node import Node
 from std_msgs.msg import Bool, Int32
@@ -52,7 +55,7 @@ class SimNode(Node):
     def _on_reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         self.world.reset(self.world.seed + 1)
         res.success = True
-        res.message = f"reset with seed {self.world.seed}"
+        res.message = json.dumps({"scene": self.world.scene.name, "seed": self.world.seed})
         return res
 
 

@@ -1,0 +1,197 @@
+"""A recording session against a running robot + teleop + recorder graph.
+
+python -m apprentice_ros.record_session --episodes N [--scripted] [--interactive]
+
+--scripted: for each episode, reset the simulator (/sim/reset), start recording, play the
+  scripted demonstrator as the *leader arm* (it publishes /leader/<arm>/joint_states, exactly
+  what a leader arm driver publishes, so the demonstration goes through teleop → follower →
+  recorder like a person's), stop recording, and read /sim/success.
+--interactive: a terminal loop; keys: s start, k stop and keep, d discard, q quit. A person
+  moves the leader arm meanwhile.
+Prints one row per episode and a summary table; --json writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+
+from apprentice.timing import RateLoop
+from apprentice_ros.conversions import to_time
+
+LEADER_RATE_HZ = 100.0  # what a leader arm driver publishes
+SETTLE_S = 0.5  # after a reset, objects drop onto the table
+HOLD_S = 0.5  # after the last waypoint, before the episode stops
+
+
+class Session(Node):
+    def __init__(self) -> None:
+        super().__init__("record_session")
+        self.clients = {
+            name: self.create_client(Trigger, srv)
+            for name, srv in (
+                ("reset", "/sim/reset"),
+                ("start", "/recorder/start"),
+                ("stop", "/recorder/stop"),
+                ("discard", "/recorder/discard"),
+            )
+        }
+        self.success = False
+        self.create_subscription(Bool, "/sim/success", self._on_success, 10)
+        self._leader_pubs: dict[str, object] = {}
+
+    def _on_success(self, msg: Bool) -> None:
+        self.success = msg.data
+
+    def call(self, name: str, timeout: float = 30.0) -> dict:
+        client = self.clients[name]
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f"service {client.srv_name} is not available")
+        future = client.call_async(Trigger.Request())
+        end = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > end:
+                raise RuntimeError(f"service {client.srv_name} did not answer")
+            time.sleep(0.01)
+        res = future.result()
+        info = json.loads(res.message) if res.message.startswith("{") else {"message": res.message}
+        if not res.success:
+            raise RuntimeError(f"{client.srv_name}: {info}")
+        return info
+
+    def leader_pub(self, arm: str):
+        if arm not in self._leader_pubs:
+            self._leader_pubs[arm] = self.create_publisher(
+                JointState, f"/leader/{arm}/joint_states", 10
+            )
+        return self._leader_pubs[arm]
+
+    def play(self, demo, stop: threading.Event) -> None:
+        """Publishes the demonstrator's joint targets as leader joint states, in real time."""
+        t0 = time.monotonic()
+        for _ in RateLoop(LEADER_RATE_HZ, stop):
+            t = time.monotonic() - t0
+            if t > demo.duration + HOLD_S:
+                return
+            stamp = to_time(time.time())
+            for arm, q in demo.joint_targets(min(t, demo.duration)).items():
+                msg = JointState(name=list(demo.joint_names[arm]), position=q.tolist())
+                msg.header.stamp = stamp
+                self.leader_pub(arm).publish(msg)
+
+
+def run_scripted(node: Session, episodes: int) -> list[dict]:
+    from apprentice.teleop.scripted import ScriptedDemo
+
+    rows = []
+    stop = threading.Event()
+    for i in range(episodes):
+        sim = node.call("reset")
+        demo = ScriptedDemo(sim["scene"], sim["seed"])
+        time.sleep(SETTLE_S)
+        node.success = False
+        started = node.call("start")
+        node.play(demo, stop)
+        time.sleep(0.2)  # the last /sim/success message (10 Hz)
+        success = node.success
+        result = node.call("stop")
+        row = {
+            "episode": started["episode"],
+            "seed": sim["seed"],
+            "success": success,
+            "quality": "ok" if result["passed"] else "; ".join(result["reasons"]),
+            "duration_s": round(result["duration_s"], 2),
+            "messages": sum(result["counts"].values()),
+        }
+        rows.append(row)
+        print(f"[{i + 1}/{episodes}] " + json.dumps(row), flush=True)
+    return rows
+
+
+def run_interactive(node: Session) -> list[dict]:
+    rows: list[dict] = []
+    print("keys: s start, k stop and keep, d discard, q quit (then Enter)", flush=True)
+    for line in sys.stdin:
+        key = line.strip()[:1].lower()
+        try:
+            if key == "s":
+                print(f"recording {node.call('start')['episode']}", flush=True)
+            elif key == "k":
+                r = node.call("stop")
+                verdict = "ok" if r["passed"] else "FLAGGED: " + "; ".join(r["reasons"])
+                rows.append(
+                    {
+                        "episode": r["episode"],
+                        "quality": verdict,
+                        "duration_s": round(r["duration_s"], 2),
+                    }
+                )
+                print(f"kept {r['episode']} ({r['duration_s']:.1f} s): {verdict}", flush=True)
+            elif key == "d":
+                print(f"discarded {node.call('discard')['episode']}", flush=True)
+            elif key == "q":
+                break
+        except RuntimeError as exc:
+            print(f"error: {exc}", flush=True)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+    if "success" in cols:
+        ok = sum(bool(r["success"]) for r in rows)
+        print(
+            f"success {ok}/{len(rows)}; quality ok "
+            f"{sum(r['quality'] == 'ok' for r in rows)}/{len(rows)}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--scripted", action="store_true")
+    mode.add_argument("--interactive", action="store_true")
+    ap.add_argument("--episodes", type=int, default=1)
+    ap.add_argument("--json", help="write the per-episode rows here")
+    a = ap.parse_args(argv)
+    rclpy.init()
+    node = Session()
+    spinner = threading.Thread(target=_spin, args=(node,), daemon=True)
+    spinner.start()
+    try:
+        rows = run_scripted(node, a.episodes) if a.scripted else run_interactive(node)
+    finally:
+        rclpy.shutdown()
+        spinner.join(timeout=5)
+        node.destroy_node()
+    print_table(rows)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+def _spin(node: Node) -> None:
+    try:
+        rclpy.spin(node)
+    except Exception:  # rclpy.shutdown() from the main thread ends the spin
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
