@@ -264,7 +264,9 @@ def _topic_reasons(q: TopicQuality, cfg: QualityConfig, start: int, end: int) ->
 
 def _skews(stamps: dict[str, np.ndarray], roles: dict[str, Role]) -> dict[tuple[str, str], float]:
     """For each camera and each other camera or joint stream: the largest distance (s) from a
-    camera frame's stamp to the nearest stamp of the other stream."""
+    camera frame's stamp to the nearest stamp of the other stream, over the time both streams
+    run (a stream starting late is the edge check's business, not a skew) — unless most frames
+    lie outside the other stream's span: then the clocks disagree and every frame counts."""
     out: dict[tuple[str, str], float] = {}
     cameras = [t for t, r in roles.items() if r == "camera"]
     others = [t for t, r in roles.items() if r in ("camera", "joint")]
@@ -274,6 +276,10 @@ def _skews(stamps: dict[str, np.ndarray], roles: dict[str, Role]) -> dict[tuple[
             if other == cam:
                 continue
             o = stamps[other]  # (M,) ns, sorted
+            c = stamps[cam]
+            inside = c[(c >= o[0]) & (c <= o[-1])]
+            if len(inside) * 2 >= len(c):
+                c = inside
             i = np.clip(np.searchsorted(o, c), 1, len(o) - 1) if len(o) > 1 else np.zeros_like(c)
             nearest = np.minimum(np.abs(c - o[i]), np.abs(c - o[np.maximum(i - 1, 0)]))
             out[(cam, other)] = float(nearest.max()) * _NS

@@ -192,3 +192,13 @@ def test_config_validation() -> None:
         TopicSpec("/x", 0.0)
     with pytest.raises(ValueError):
         TopicSpec("/x", 10.0, "lidar")  # type: ignore[arg-type]
+
+
+def test_skew_counts_only_the_time_both_streams_run() -> None:
+    """A joint stream starting 0.3 s late (a leader arm joining) is no camera skew."""
+    late = [
+        (t, d, log) for t, d, log in _stream() if not (t == JOINTS[0] and log < T0 + 300_000_000)
+    ]
+    v = _track(late).verdict()
+    assert v.skews_s[f"{CAMERAS[0]} ~ {JOINTS[0]}"] < 0.01
+    assert not any("skew" in r for r in v.reasons)

@@ -36,7 +36,7 @@ HOLD_S = 0.5  # after the last waypoint, before the episode stops
 class Session(Node):
     def __init__(self) -> None:
         super().__init__("record_session")
-        self.clients = {
+        self.trigger_clients = {
             name: self.create_client(Trigger, srv)
             for name, srv in (
                 ("reset", "/sim/reset"),
@@ -53,7 +53,7 @@ class Session(Node):
         self.success = msg.data
 
     def call(self, name: str, timeout: float = 30.0) -> dict:
-        client = self.clients[name]
+        client = self.trigger_clients[name]
         if not client.wait_for_service(timeout_sec=timeout):
             raise RuntimeError(f"service {client.srv_name} is not available")
         future = client.call_async(Trigger.Request())
