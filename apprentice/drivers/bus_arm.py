@@ -193,6 +193,10 @@ class ServoBusArm:
 
     def read(self) -> JointReading:
         with self._lock:
+            if self._faulted is not None:
+                # A servo that was off the bus when the safe state began never heard the
+                # torque-off: repeat it while faulted, so one that comes back goes limp too.
+                self._torque_off_best_effort()
             self._check_watchdog()
             (replies, t0, t1) = self._transact("read", self._sync_read_state)
         pos = np.empty(len(self.joints))

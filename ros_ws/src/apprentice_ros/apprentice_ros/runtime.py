@@ -32,7 +32,10 @@ def spin_nodes(nodes: list[Node], on_exit: Callable[[], None] | None = None) -> 
     for node in nodes:
         executor.add_node(node)
     try:
-        executor.spin()
+        # spin_once with a timeout, not spin(): the executor waits in C, and Python runs our
+        # SIGINT/SIGTERM handler only when it returns; a node with no timers would never stop.
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except KeyboardInterrupt:
         pass
     finally:
