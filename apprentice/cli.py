@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import subprocess
 import sys
 from typing import Any
@@ -108,6 +109,19 @@ def cmd_scenes(_a: argparse.Namespace) -> int:
     return 0
 
 
+# Commands with a CLI of their own: name → (help, module with main(argv) -> int).
+PASS_THROUGH = {
+    "calibrate-arm": (
+        "calibrate a servo-bus arm, or verify a calibration",
+        "apprentice.calibration.arm_cli",
+    ),
+}
+
+
+def _pass_through(name: str, rest: list[str]) -> int:
+    return importlib.import_module(PASS_THROUGH[name][1]).main(rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="apprentice", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -140,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     rec.set_defaults(func=cmd_record)
 
     sub.add_parser("scenes", help="list simulated scenes").set_defaults(func=cmd_scenes)
+
+    # Commands whose own CLI parses the rest of the line (listed here for --help).
+    for name, (help_text, _module) in PASS_THROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASS_THROUGH:
+        return _pass_through(argv[0], argv[1:])
 
     a = ap.parse_args(argv)
     return a.func(a)
