@@ -100,6 +100,13 @@ def cmd_record(a: argparse.Namespace) -> int:
     return session.returncode
 
 
+def cmd_list_devices(_a: argparse.Namespace) -> int:
+    from apprentice.cameras.devices import format_devices, list_devices
+
+    print(format_devices(list_devices()))
+    return 0
+
+
 def cmd_scenes(_a: argparse.Namespace) -> int:
     from apprentice.sim.scenes import SCENES
 
@@ -114,6 +121,10 @@ PASS_THROUGH = {
     "calibrate-arm": (
         "calibrate a servo-bus arm, or verify a calibration",
         "apprentice.calibration.arm_cli",
+    ),
+    "calibrate-camera": (
+        "camera intrinsics (ChArUco), hand-eye, CameraInfo files",
+        "apprentice.calibration.camera_cli",
     ),
 }
 
@@ -154,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     rec.set_defaults(func=cmd_record)
 
     sub.add_parser("scenes", help="list simulated scenes").set_defaults(func=cmd_scenes)
+    sub.add_parser("list-devices", help="serial ports and cameras").set_defaults(
+        func=cmd_list_devices
+    )
 
     # Commands whose own CLI parses the rest of the line (listed here for --help).
     for name, (help_text, _module) in PASS_THROUGH.items():

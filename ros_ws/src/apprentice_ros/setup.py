@@ -9,6 +9,7 @@ package = "apprentice_ros"
 # (apprentice.graph) starts `python -m apprentice_ros.<executable>`, ros2 launch the script.
 executables = [
     "arm_driver",
+    "camera",
     "sim_robot",
     "teleop",
     "recorder",

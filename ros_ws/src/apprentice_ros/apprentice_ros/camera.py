@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import threading
 
+import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from apprentice.robot_io import Camera
 from apprentice_ros import conversions
+from apprentice_ros.params import declare
+from apprentice_ros.runtime import init, spin_nodes
 
 # RELIABLE with a short history: with the shared-memory transport nothing is lost between
 # processes (docs/BENCHMARKS.md), and a slow subscriber gets recent frames, not a backlog.
@@ -74,3 +77,78 @@ class CameraNode(Node):
         self._stop.set()
         self._thread.join()
         super().destroy_node()
+
+
+DEFAULTS = {
+    "backend": "uvc",  # uvc | realsense (apprentice.cameras.BACKENDS)
+    # uvc: /dev/videoN, /dev/v4l/by-id/... or a video file; realsense: serial ("" = first),
+    # or a .db3/.bag recording
+    "device": "/dev/video0",
+    "name": "camera",  # camera name: frame_id <name>_optical_frame
+    "namespace": "",  # "" = cameras/<name>
+    "width": 640,
+    "height": 480,
+    "fps": 30.0,
+    "camera_info_file": "",  # CameraInfo YAML from apprentice.calibration; "" = backend's own
+    "jpeg_quality": 90,
+    "publish_raw": True,
+    "publish_compressed": True,
+    "exposure_ms": -1.0,  # uvc: manual exposure (ms); <= 0 = auto
+    "depth": False,  # realsense: stream depth aligned to color (not published yet)
+}
+
+
+def main(args: list[str] | None = None) -> None:
+    from apprentice.calibration.camera import read_camera_info
+    from apprentice.cameras import open_camera
+
+    init(args)
+    boot = Node("camera_params")
+    p = declare(boot, DEFAULTS)
+    boot.destroy_node()
+    options: dict[str, object] = {}
+    if p["backend"] == "uvc" and p["exposure_ms"] > 0:
+        options["exposure_ms"] = p["exposure_ms"]
+    if p["backend"] == "realsense":
+        options["depth"] = p["depth"]
+    try:
+        calibration = read_camera_info(p["camera_info_file"]) if p["camera_info_file"] else None
+        camera = open_camera(
+            p["backend"],
+            p["device"],
+            p["name"],
+            p["width"],
+            p["height"],
+            p["fps"],
+            calibration,
+            **options,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:  # no such camera, bad file: a message
+        rclpy.shutdown()
+        raise SystemExit(f"camera {p['name']}: {exc}") from exc
+    node = CameraNode(
+        camera,
+        "camera",
+        p["namespace"] or f"cameras/{p['name']}",
+        raw=p["publish_raw"],
+        compressed=p["publish_compressed"],
+        jpeg_quality=p["jpeg_quality"],
+    )
+    if calibration is None and p["backend"] == "uvc":
+        node.get_logger().warning("no camera_info_file: camera_info holds nominal intrinsics")
+    dropped = [getattr(camera, "dropped", 0)]  # those before the node started do not count
+
+    def report_drops() -> None:
+        # Frames the camera delivered but the publisher thread never took: it fell behind
+        # (JPEG encoding, a loaded host), so the topic rate is below the camera's.
+        now = getattr(camera, "dropped", 0)
+        if now > dropped[0]:
+            node.get_logger().warning(f"{now - dropped[0]} frame(s) dropped in the last second")
+        dropped[0] = now
+
+    node.create_timer(1.0, report_drops)
+    spin_nodes([node])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Camera backends on the robot I/O contract (apprentice.robot_io.Camera): UVC and RealSense.
+
+Every backend captures on its own thread, so a slow or stalled camera never blocks a reader of
+another one; read() hands over the newest frame and counts the frames nobody read as dropped.
+Vendor SDKs are imported only when their backend is opened.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from apprentice.robot_io import Camera, CameraSpec, Frame
+
+BACKENDS = ("uvc", "realsense")
+
+
+class LatestFrame:
+    """A one-slot mailbox between a capture thread and one reader.
+
+    The capture thread put()s every frame (seq counting up from 1); get() waits for a frame
+    newer than the last one it returned and returns the newest. Frames overwritten before
+    anyone read them are counted in `dropped`.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._last_seq = 0
+        self._error: BaseException | None = None
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        with self._cond:
+            self._frame = frame
+            self._cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        """The source ended or broke for good: readers get `error` once no frame is pending."""
+        with self._cond:
+            if self._error is None:  # the first reason is the real one
+                self._error = error
+            self._cond.notify_all()
+
+    def _fresh(self) -> bool:
+        return self._frame is not None and self._frame.seq > self._last_seq
+
+    def get(self, timeout: float) -> Frame:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._fresh() or self._error, timeout):
+                raise TimeoutError(f"no frame within {timeout} s")
+            if not self._fresh():
+                assert self._error is not None
+                raise self._error
+            frame = self._frame
+            assert frame is not None
+            self.dropped += frame.seq - self._last_seq - 1
+            self._last_seq = frame.seq
+            return frame
+
+
+def open_camera(
+    backend: str,
+    device: str,
+    name: str,
+    width: int = 640,
+    height: int = 480,
+    fps: float = 30.0,
+    calibration: CameraSpec | None = None,
+    **options: object,
+) -> Camera:
+    """Opens a camera by backend name; `options` go to that backend's config (see its module).
+
+    `calibration` (from a CameraInfo YAML) replaces the backend's own intrinsics; its image
+    size must match width × height.
+    """
+    if backend == "uvc":
+        from apprentice.cameras.uvc import UvcCamera, UvcConfig
+
+        cfg = UvcConfig(device, name, width, height, fps, **options)  # type: ignore[arg-type]
+        return UvcCamera(cfg, calibration)
+    if backend == "realsense":
+        from apprentice.cameras.realsense import RealSenseCamera, RealSenseConfig
+
+        rs_cfg = RealSenseConfig(device, name, width, height, fps, **options)  # type: ignore[arg-type]
+        return RealSenseCamera(rs_cfg, calibration)
+    raise ValueError(f"unknown camera backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def check_calibration(calibration: CameraSpec, name: str, width: int, height: int) -> CameraSpec:
+    """The calibration renamed to this camera, after checking it was made at this image size."""
+    if (calibration.width, calibration.height) != (width, height):
+        raise ValueError(
+            f"camera {name}: calibration is for {calibration.width}x{calibration.height}, "
+            f"the camera delivers {width}x{height}"
+        )
+    return CameraSpec(
+        name,
+        width,
+        height,
+        calibration.fx,
+        calibration.fy,
+        calibration.cx,
+        calibration.cy,
+        calibration.distortion,
+    )
