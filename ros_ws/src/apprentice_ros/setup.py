@@ -12,6 +12,7 @@ executables = [
     "camera",
     "sim_robot",
     "teleop",
+    "policy_node",
     "recorder",
     "record_session",
     "probe",

@@ -1,0 +1,339 @@
+"""Policy node: an exported policy folder (ONNX + policy card) drives the arms through the
+safety layer (apprentice.policy_server). Wiring only: the runtime, chunking and safety are cores.
+
+Start-up, in order, and nothing is published before the last step:
+  1. load the folder (card complete, graphs load on the configured execution provider)
+  2. wait for every arm's joint_states and every camera's first image (`startup_timeout`)
+  3. check card against robot: joint names (as the arms report them), cameras, image sizes
+     (as published and as configured), control rate; joint limits must be given
+  4. one warm-up inference, then the control and inference threads start from the measured pose
+Any failure: a clear error on the log, exit code 2, no command ever published.
+
+Topics:
+  in   /<arm>/joint_states             sensor_msgs/JointState (per arm in `arms`)
+  in   /cameras/<cam>/image_raw        sensor_msgs/Image rgb8 (per camera in `cameras`)
+  in   `estop_topic` (/estop)          std_msgs/Bool: True latches the e-stop (False does not
+                                       clear it: only the rearm service does)
+  out  per `output`:
+       forward      /<arm>/commands            std_msgs/Float64MultiArray (forward controller)
+       joint_state  /<arm>/joint_commands      sensor_msgs/JointState, stamped with tick time
+       trajectory   /<arm>/joint_trajectory    trajectory_msgs/JointTrajectory: this tick's
+                                                command + the safe preview of the chunk ahead
+Services: ~/estop, ~/rearm (std_srvs/Trigger), ~/stats (Trigger: JSON counters and timings).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Duration
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from apprentice.policy_server.adapters import open_policy
+from apprentice.policy_server.card import CameraConfig, PolicyRefused, RobotConfig, check_robot
+from apprentice.policy_server.loop import Command, Observations, PolicyRuntime, RuntimeConfig
+from apprentice.policy_server.safety import SafetyConfig
+from apprentice_ros.conversions import from_time, image_to_array, to_time
+from apprentice_ros.params import declare
+from apprentice_ros.runtime import init, spin_nodes
+
+JOINT_QOS = QoSProfile(depth=10)
+IMAGE_QOS = QoSProfile(depth=5)
+EXIT_REFUSED = 2
+
+DEFAULTS = {
+    "policy_dir": "",
+    "arms": ["right"],  # namespaces: /<arm>/joint_states in, commands out; card order = arm order
+    "cameras": ["top"],  # /cameras/<name>/image_raw, in the card's camera order
+    "image_width": 320,  # pixels every camera publishes
+    "image_height": 240,
+    "control_rate": 50.0,  # Hz, a whole multiple of the card's rate, at most 200
+    "execution": "ensemble",  # ensemble | receding | rtc
+    "n_execute": 0,  # receding / rtc: actions per chunk (0: the card's action_horizon)
+    "ensemble_k": 0.01,
+    "output": "forward",  # forward | joint_state | trajectory
+    "trajectory_points": 10,
+    "max_observation_age": 0.1,  # s: as-of tolerance, and the watchdog's hold threshold
+    "safe_after": 1.0,  # s without fresh observations before the latched safe state
+    "ramp_time": 1.0,  # s to full speed after start / resume
+    "max_velocity": [1.0],  # per joint (one value: all joints), rad/s (m/s for slides)
+    "max_accel": [10.0],  # rad/s²
+    "execution_provider": "auto",  # auto | cpu | cuda | tensorrt
+    "threads": 1,  # onnxruntime intra-op threads
+    "realtime_priority": 0,  # > 0: SCHED_FIFO priority of the control thread (needs rights)
+    "startup_timeout": 10.0,  # s to wait for the robot's first messages
+    "estop_topic": "/estop",
+}
+REQUIRED_ARRAYS = ("joint_lower", "joint_upper")  # position limits, rad / m, card joint order
+OPTIONAL_ARRAYS = ("safe_pose",)  # where the safe state moves to; unset: hold in place
+
+
+class _Output:
+    def __init__(self, node: Node, arms: dict[str, tuple[str, ...]]) -> None:
+        self.arms = arms
+        spans, i = {}, 0
+        for arm, names in arms.items():
+            spans[arm] = slice(i, i + len(names))
+            i += len(names)
+        self.spans = spans
+
+    def publish(self, cmd: Command) -> None: ...
+
+
+class ForwardOutput(_Output):
+    def __init__(self, node: Node, arms: dict[str, tuple[str, ...]]) -> None:
+        super().__init__(node, arms)
+        self.pubs = {a: node.create_publisher(Float64MultiArray, f"/{a}/commands", JOINT_QOS)
+                     for a in arms}  # fmt: skip
+
+    def publish(self, cmd: Command) -> None:
+        for arm, pub in self.pubs.items():
+            pub.publish(Float64MultiArray(data=cmd.position[self.spans[arm]].tolist()))
+
+
+class JointStateOutput(_Output):
+    def __init__(self, node: Node, arms: dict[str, tuple[str, ...]]) -> None:
+        super().__init__(node, arms)
+        self.pubs = {a: node.create_publisher(JointState, f"/{a}/joint_commands", JOINT_QOS)
+                     for a in arms}  # fmt: skip
+
+    def publish(self, cmd: Command) -> None:
+        for arm, pub in self.pubs.items():
+            msg = JointState(name=list(self.arms[arm]))
+            msg.header.stamp = to_time(cmd.stamp)
+            msg.position = cmd.position[self.spans[arm]].tolist()
+            pub.publish(msg)
+
+
+class TrajectoryOutput(_Output):
+    """A time-stamped chunk for joint_trajectory_controller: it replaces the rest of the
+    previous trajectory from header.stamp on, so each tick's message supersedes the last."""
+
+    wants_plan = True
+
+    def __init__(self, node: Node, arms: dict[str, tuple[str, ...]]) -> None:
+        super().__init__(node, arms)
+        self.pubs = {a: node.create_publisher(JointTrajectory, f"/{a}/joint_trajectory",
+                                              JOINT_QOS) for a in arms}  # fmt: skip
+
+    def publish(self, cmd: Command) -> None:
+        points = [(cmd.stamp, cmd.position), *cmd.plan]
+        for arm, pub in self.pubs.items():
+            msg = JointTrajectory(joint_names=list(self.arms[arm]))
+            msg.header.stamp = to_time(cmd.stamp)
+            for t, q in points:
+                dt = max(0.0, t - cmd.stamp)
+                sec = int(dt)
+                msg.points.append(JointTrajectoryPoint(
+                    positions=q[self.spans[arm]].tolist(),
+                    time_from_start=Duration(sec=sec, nanosec=int((dt - sec) * 1e9)),
+                ))  # fmt: skip
+            pub.publish(msg)
+
+
+OUTPUTS: dict[str, type[_Output]] = {
+    "forward": ForwardOutput,
+    "joint_state": JointStateOutput,
+    "trajectory": TrajectoryOutput,
+}
+
+
+class PolicyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("policy")
+        self.p = declare(self, DEFAULTS)
+        for name in (*REQUIRED_ARRAYS, *OPTIONAL_ARRAYS):
+            self.declare_parameter(name, Parameter.Type.DOUBLE_ARRAY)
+        self.runtime: PolicyRuntime | None = None
+        self.bad_frames = 0
+        self._arm_names: dict[str, tuple[str, ...]] = {}
+        self._frame_hw: dict[str, tuple[int, int]] = {}
+
+    def _array(self, name: str) -> np.ndarray | None:
+        try:
+            value = self.get_parameter(name).value
+        except ParameterUninitializedException:
+            return None
+        return None if value is None else np.asarray(value, dtype=float)
+
+    def setup(self) -> None:
+        """Steps 1-4 of the module docstring; raises PolicyRefused."""
+        p, log = self.p, self.get_logger()
+        if p["output"] not in OUTPUTS:
+            raise PolicyRefused(f"unknown output {p['output']!r}; known: {sorted(OUTPUTS)}")
+        if not p["policy_dir"]:
+            raise PolicyRefused("parameter policy_dir is required")
+        policy = open_policy(p["policy_dir"], p["execution_provider"], p["threads"])
+        log.info(
+            f"policy {p['policy_dir']} ({policy.card['policy_type']}): execution provider "
+            f"{policy.provider} (requested {p['execution_provider']})"
+        )
+        self.obs = Observations(p["arms"], p["cameras"], p["max_observation_age"])
+        for arm in p["arms"]:
+            self.create_subscription(
+                JointState, f"/{arm}/joint_states", lambda m, a=arm: self._on_joints(a, m),
+                JOINT_QOS,
+            )  # fmt: skip
+        for cam in p["cameras"]:
+            self.create_subscription(
+                Image, f"/cameras/{cam}/image_raw", lambda m, c=cam: self._on_image(c, m),
+                IMAGE_QOS,
+            )  # fmt: skip
+        self._wait_for_robot(p["startup_timeout"])
+
+        joint_names = tuple(n for arm in p["arms"] for n in self._arm_names[arm])
+        size = (p["image_height"], p["image_width"])
+        robot = RobotConfig(
+            joint_names,
+            tuple(CameraConfig(c, *size) for c in p["cameras"]),
+            p["control_rate"],
+        )
+        problems = check_robot(policy.card, robot)
+        for cam, hw in self._frame_hw.items():
+            if hw != size:
+                problems.append(f"camera {cam} publishes {hw[0]}x{hw[1]}, configured {size}")
+        lower, upper = self._array("joint_lower"), self._array("joint_upper")
+        if lower is None or upper is None:
+            problems.append("joint_lower and joint_upper are required (the safety limits)")
+        if problems:
+            raise PolicyRefused("policy does not fit this robot:\n  - " + "\n  - ".join(problems))
+        try:
+            safety = SafetyConfig(
+                lower=lower, upper=upper, max_velocity=np.asarray(p["max_velocity"]),
+                max_accel=np.asarray(p["max_accel"]), period=1.0 / p["control_rate"],
+                hold_after=p["max_observation_age"], safe_after=p["safe_after"],
+                ramp_time=p["ramp_time"], safe_pose=self._array("safe_pose"),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise PolicyRefused(f"safety limits: {exc}") from exc
+        if safety.lower.size != len(joint_names):
+            raise PolicyRefused(f"{safety.lower.size} joint limits for {len(joint_names)} joints")
+
+        output = OUTPUTS[p["output"]](self, self._arm_names)
+        cfg = RuntimeConfig(
+            control_rate_hz=p["control_rate"], execution=p["execution"],
+            n_execute=p["n_execute"], ensemble_k=p["ensemble_k"],
+            realtime_priority=p["realtime_priority"],
+            plan_points=p["trajectory_points"] if getattr(output, "wants_plan", False) else 0,
+        )  # fmt: skip
+        try:
+            self.runtime = PolicyRuntime(policy, self.obs, safety, cfg, output.publish, self._log)
+            took = self.runtime.warm_up()
+        except Exception as exc:  # a graph that loads but does not run on these shapes
+            raise PolicyRefused(f"warm-up inference failed: {exc}") from exc
+        self.create_subscription(Bool, p["estop_topic"], self._on_estop_topic, 10)
+        self.create_service(Trigger, "~/estop", self._on_estop)
+        self.create_service(Trigger, "~/rearm", self._on_rearm)
+        self.create_service(Trigger, "~/stats", self._on_stats)
+        current = self.obs.joints_now()
+        assert current is not None
+        self.runtime.start(current)
+        log.info(
+            f"running {p['execution']} at {p['control_rate']:g} Hz on {len(joint_names)} joints, "
+            f"cameras {p['cameras']}, output {p['output']}; warm-up inference {took * 1e3:.1f} ms"
+        )
+
+    def _wait_for_robot(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while True:
+            missing = [a for a in self.p["arms"] if a not in self._arm_names]
+            missing += [c for c in self.p["cameras"] if c not in self._frame_hw]
+            if not missing:
+                return
+            if time.monotonic() >= end:
+                break
+            rclpy.spin_once(self, timeout_sec=0.05)
+        raise PolicyRefused(f"no message within {timeout:g} s from: {', '.join(missing)}")
+
+    def _on_joints(self, arm: str, msg: JointState) -> None:
+        names = tuple(msg.name)
+        if arm not in self._arm_names:
+            self._arm_names[arm] = names
+        elif names != self._arm_names[arm] or len(msg.position) != len(names):
+            return  # the robot changed under us: these states are not the ones checked
+        self.obs.push_joints(arm, from_time(msg.header.stamp), np.asarray(msg.position))
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        hw = (msg.height, msg.width)
+        self._frame_hw.setdefault(camera, hw)
+        if hw != (self.p["image_height"], self.p["image_width"]) or msg.encoding != "rgb8":
+            self.bad_frames += 1  # never fed to the policy: the watchdog will hold
+            return
+        self.obs.push_frame(camera, from_time(msg.header.stamp), image_to_array(msg))
+
+    def _log(self, level: str, text: str) -> None:
+        log = self.get_logger()
+        if level == "error":
+            log.error(text, throttle_duration_sec=1.0)
+        elif level == "info":
+            log.info(text)
+        else:
+            log.warning(text, throttle_duration_sec=1.0)
+
+    def _on_estop_topic(self, msg: Bool) -> None:
+        if msg.data and self.runtime is not None:
+            self.runtime.estop("e-stop topic")
+            self.get_logger().warning("E-STOP (topic): holding until ~/rearm")
+
+    def _on_estop(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        assert self.runtime is not None
+        self.runtime.estop("e-stop service")
+        self.get_logger().warning("E-STOP (service): holding until ~/rearm")
+        res.success, res.message = True, "e-stop latched"
+        return res
+
+    def _on_rearm(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        assert self.runtime is not None
+        self.runtime.rearm()
+        self.get_logger().info("re-armed: resuming with a ramp")
+        res.success, res.message = True, self.runtime.safety.mode
+        return res
+
+    def _on_stats(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        assert self.runtime is not None
+        stats = self.runtime.stats()
+        stats.update(
+            bad_frames=self.bad_frames,
+            provider=self.runtime.policy.provider,
+            torch_imported="torch" in sys.modules,  # the robot side must run without torch
+            control_rate=self.p["control_rate"],
+        )
+        res.success, res.message = True, json.dumps(stats)
+        return res
+
+    def destroy_node(self) -> None:
+        if self.runtime is not None:
+            self.runtime.stop()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    init(args)
+    node = PolicyNode()
+    try:
+        node.setup()
+    except PolicyRefused as exc:
+        node.get_logger().fatal(f"refusing to start: {exc}")
+        node.destroy_node()
+        rclpy.shutdown()
+        sys.exit(EXIT_REFUSED)
+    except KeyboardInterrupt:
+        node.destroy_node()
+        rclpy.shutdown()
+        return
+    spin_nodes([node])
+
+
+if __name__ == "__main__":
+    main()
