@@ -21,6 +21,8 @@ import time
 
 import rclpy
 from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
@@ -47,6 +49,7 @@ class Session(Node):
         }
         self.success = False
         self.create_subscription(Bool, "/sim/success", self._on_success, 10)
+        self.recorder_params = AsyncParameterClient(self, "/recorder")
         self._leader_pubs: dict[str, object] = {}
 
     def _on_success(self, msg: Bool) -> None:
@@ -67,6 +70,19 @@ class Session(Node):
         if not res.success:
             raise RuntimeError(f"{client.srv_name}: {info}")
         return info
+
+    def set_episode_info(self, info: dict[str, object], timeout: float = 10.0) -> None:
+        """Metadata for the next episode's bag (custom_data), via the recorder's parameters."""
+        if not self.recorder_params.wait_for_services(timeout_sec=timeout):
+            raise RuntimeError("the recorder's parameter services are not available")
+        future = self.recorder_params.set_parameters(
+            [Parameter("episode_info", value=json.dumps(info))]
+        )
+        end = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > end:
+                raise RuntimeError("setting the recorder's episode_info timed out")
+            time.sleep(0.01)
 
     def leader_pub(self, arm: str):
         if arm not in self._leader_pubs:
@@ -99,6 +115,7 @@ def run_scripted(node: Session, episodes: int) -> list[dict]:
         demo = ScriptedDemo(sim["scene"], sim["seed"])
         time.sleep(SETTLE_S)
         node.success = False
+        node.set_episode_info({"scene": sim["scene"], "seed": sim["seed"], "source": "scripted"})
         started = node.call("start")
         node.play(demo, stop)
         time.sleep(0.2)  # the last /sim/success message (10 Hz)

@@ -35,6 +35,9 @@ DEFAULTS = {
     "task": "demo",
     "topics": ["/left/joint_states:100:joint"],
     "discover_timeout": 30.0,
+    # JSON object of strings saved into the next episode's metadata (custom_data), e.g. the
+    # sim scene and seed; set per episode through the parameter services before ~/start.
+    "episode_info": "",
 }
 
 
@@ -148,11 +151,15 @@ class RecorderNode(Node):
         return res
 
     def _on_start(self, _req, res):
+        info = self.get_parameter("episode_info").value
         try:
-            episode = self.core.start(self.task)
+            extra = {str(k): str(v) for k, v in json.loads(info).items()} if info else {}
+            episode = self.core.start(self.task, custom_data=extra)
+        except (ValueError, AttributeError) as exc:
+            return self._reply(res, False, error=f"episode_info must be a JSON object: {exc}")
         except RuntimeError as exc:
             return self._reply(res, False, error=str(exc))
-        self.get_logger().info(f"episode {episode} started (task: {self.task})")
+        self.get_logger().info(f"episode {episode} started (task: {self.task}) {extra}")
         return self._reply(res, True, episode=episode)
 
     def _on_stop(self, _req, res):
