@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from apprentice.graph import GraphRunner, load_graph
+from apprentice.learning.train_cli import add_subcommands as add_learning_subcommands
 from apprentice.transport import isolated_domain_id, ros_env
 
 
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.set_defaults(func=cmd_record)
 
     sub.add_parser("scenes", help="list simulated scenes").set_defaults(func=cmd_scenes)
+    add_learning_subcommands(sub)  # dataset build, train, export (torch imported only to run)
     sub.add_parser("list-devices", help="serial ports and cameras").set_defaults(
         func=cmd_list_devices
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .episode import EpisodeWriter, WriterConfig
 from .index import DatasetIndex, EpisodeEntry
+from .msgdefs import header_stamp_ns
 from .quality import QualityConfig, QualityTracker, QualityVerdict, TopicSpec
 
 
@@ -40,6 +41,8 @@ class Recorder:
         self._lock = threading.Lock()
         self._writer: EpisodeWriter | None = None
         self._tracker: QualityTracker | None = None
+        self._start_ns = 0
+        self.before_start = 0  # stamped messages of the episode's past, still queued at start
         self.dropped = 0  # messages the recorder could not write (counted into the verdict)
 
     @property
@@ -57,7 +60,8 @@ class Recorder:
             for t in self.topics.values():
                 writer.add_topic(t.spec.name, t.msgtype, t.qos_yaml)
             self._tracker = QualityTracker([t.spec for t in self.topics.values()])
-            self.dropped = 0
+            self.dropped = self.before_start = 0
+            self._start_ns = time.time_ns()
             self._writer = writer
             return episode
 
@@ -66,6 +70,16 @@ class Recorder:
         if writer is None or tracker is None:
             return
         t = time.time_ns() if log_time_ns is None else log_time_ns
+        topic_def = self.topics.get(topic)
+        if (
+            topic_def is not None
+            and topic_def.spec.stamped
+            and header_stamp_ns(cdr) < self._start_ns
+        ):
+            # Sensed before the episode began (it waited in a subscription queue): it belongs
+            # to no episode, so the bag holds exactly what happened between start and stop.
+            self.before_start += 1
+            return
         try:
             writer.write(topic, cdr, t)
         except RuntimeError:  # closed under us by stop(): the message belongs to no episode

@@ -11,6 +11,7 @@ latency several-fold against Fast DDS's default UDP transport.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 from collections.abc import Mapping
@@ -24,14 +25,29 @@ SHM_PROFILE: Path = Path(__file__).resolve().parent / "fastdds_shm.xml"
 _MAX_DOMAIN_ID = 232
 
 
+_held_domains: list[int] = []  # lock file descriptors, held until this process exits
+
+
 def isolated_domain_id() -> int:
-    """A random ROS_DOMAIN_ID in 120..200 for one test or bench run.
+    """A ROS_DOMAIN_ID in 120..200 that no other run on this host holds, for one test or bench.
 
     Far from 0 (the default every ROS install uses) so runs do not see a robot's traffic, and
-    random so two runs sharing the host do not see each other (LOCALHOST discovery alone does
-    not separate them).
+    reserved with a lock file (released when this process exits) so two runs sharing the host
+    never share a domain (LOCALHOST discovery alone does not separate them). Child processes
+    inherit the domain through the environment, not the lock.
     """
-    return random.randint(120, 200)
+    candidates = list(range(120, 201))
+    random.shuffle(candidates)
+    for domain in candidates:
+        fd = os.open(f"/tmp/apprentice-ros-domain-{domain}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _held_domains.append(fd)
+        return domain
+    raise RuntimeError("every ROS domain in 120..200 is held by another run on this host")
 
 
 def ros_env(

@@ -1,0 +1,182 @@
+"""`apprentice dataset build`, `apprentice train` and `apprentice export`.
+
+    apprentice dataset build recordings/ --out caches/pick [--config dataset.yaml]
+    apprentice train --policy act --data caches/pick --out runs/pick --preset cpu --steps 2000
+    apprentice train --out runs/pick --resume --steps 4000          # continue to step 4000
+    torchrun --nproc-per-node 4 -m apprentice.learning.train_cli train --policy diffusion ...
+    apprentice export runs/pick                                      # → runs/pick/policy/
+
+Parsers are built without importing torch (the main CLI registers them on every start);
+the commands import it when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+import yaml
+
+# Flags that may change when a run is resumed; everything else comes from its run.json.
+_RESUMABLE = ("steps", "val_every", "val_batches", "log_every", "checkpoint_every",
+              "num_workers", "device", "amp")  # fmt: skip
+
+
+def _key_values(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+        out[key] = yaml.safe_load(value)  # 32 → int, [84, 84] → list, null → None
+    return out
+
+
+def _torch_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from apprentice.learning.train import TrainConfig, resume_config, train
+
+    _torch_threads(a.threads)
+    given = {
+        "steps": a.steps, "val_every": a.val_every, "val_batches": a.val_batches,
+        "log_every": a.log_every, "checkpoint_every": a.checkpoint_every,
+        "num_workers": a.num_workers, "device": a.device, "amp": a.amp,
+    }  # fmt: skip
+    given = {k: v for k, v in given.items() if v is not None}
+    if a.resume:
+        cfg = resume_config(a.out, **given)
+        for name in ("policy", "data"):
+            value = getattr(a, name)
+            if value is not None and value != getattr(cfg, name):
+                raise SystemExit(f"--{name} {value} differs from the run's {getattr(cfg, name)}")
+    else:
+        if a.policy is None or a.data is None:
+            raise SystemExit("--policy and --data are required (unless --resume)")
+        cfg = TrainConfig(
+            policy=a.policy, data=a.data, out=a.out, preset=a.preset, batch_size=a.batch_size,
+            lr=a.lr, weight_decay=a.weight_decay, ema_decay=a.ema, seed=a.seed,
+            backbone_weights=a.backbone_weights, dataset_config=a.dataset_config,
+            policy_overrides=_key_values(a.set), **given,
+        )  # fmt: skip
+    result = train(cfg, resume=a.resume, until=a.until, progress=not a.no_progress)
+    val = f", val loss {result.val_loss:.4g}" if result.val_loss is not None else ""
+    print(f"{result.run_dir}: step {result.step}, train loss {result.train_loss:.4g}{val}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from apprentice.learning.train import export_run
+
+    _torch_threads(a.threads)
+    card, diff = export_run(a.run, a.out, a.weights)
+    out = a.out or f"{a.run.rstrip('/')}/policy"
+    graphs = ", ".join(g["file"] for g in card["graphs"].values())
+    print(
+        f"{out}: {card['policy_type']} ({graphs}), joints {card['joint_names']}, cameras "
+        f"{[c['name'] for c in card['cameras']]}, {card['control_rate_hz']:g} Hz, chunk "
+        f"{card['chunk_size']}, data {card['data_index_hash'][:19]}...; "
+        f"max |onnx - torch| = {diff:.2e}"
+    )
+    return 0
+
+
+def cmd_dataset_build(a: argparse.Namespace) -> int:
+    from apprentice.dataset import DatasetConfig, EpisodeBag, build_cache, find_episodes
+    from apprentice.dataset.config import infer_config
+
+    overrides: dict[str, Any] = {}
+    if a.rate is not None:
+        overrides["control_rate_hz"] = a.rate
+    if a.image_hw is not None:
+        overrides["image_hw"] = tuple(a.image_hw)
+    if a.val_fraction is not None:
+        overrides["val_fraction"] = a.val_fraction
+    episodes = find_episodes(a.source, include_failed=a.include_failed)
+    if a.config is not None:
+        cfg = dataclasses.replace(DatasetConfig.from_yaml(a.config), **overrides)
+    else:
+        cfg = infer_config(EpisodeBag(episodes[0].bag_dir).topics, **overrides)
+        print(f"inferred config: {yaml.safe_dump(cfg.to_json(), sort_keys=False)}")
+    cache = build_cache(episodes, cfg, a.out, overwrite=a.overwrite, skip_bad=a.skip_bad)
+    splits = {s: len(cache.split_episodes(s)) for s in ("train", "val")}
+    print(
+        f"{cache.root}: {len(cache.episodes)} episodes ({splits['train']} train, "
+        f"{splits['val']} val), {cache.n_frames} frames at {cache.control_rate_hz:g} Hz, "
+        f"state {cache.state_names}, action {cache.action_names}, cameras "
+        f"{cache.camera_names} at {cache.image_hw}, {cache.data_index_hash}"
+    )
+    return 0
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Registers `dataset`, `train` and `export` on the main CLI's subparsers."""
+    ds = sub.add_parser("dataset", help="training datasets from episode bags")
+    ds_sub = ds.add_subparsers(dest="dataset_cmd", required=True)
+    b = ds_sub.add_parser("build", help="bags → a training cache (resampled, decoded, split)")
+    b.add_argument("source", help="a bag, a folder of bags, or a recording with index.json")
+    b.add_argument("--out", required=True, help="cache folder to create")
+    b.add_argument("--config", help="dataset YAML (default: inferred from the first bag)")
+    b.add_argument("--rate", type=float, help="control rate, Hz (default 50)")
+    b.add_argument("--image-hw", type=int, nargs=2, metavar=("H", "W"))
+    b.add_argument("--val-fraction", type=float)
+    b.add_argument("--skip-bad", action="store_true", help="leave out episodes that fail")
+    b.add_argument("--include-failed", action="store_true", help="also quality-failed ones")
+    b.add_argument("--overwrite", action="store_true")
+    b.set_defaults(func=cmd_dataset_build)
+
+    t = sub.add_parser("train", help="train ACT or Diffusion Policy (CPU, GPU, torchrun)")
+    t.add_argument("--policy", choices=("act", "diffusion"))
+    t.add_argument("--data", help="dataset cache, or a folder of bags (cached into the run)")
+    t.add_argument("--out", required=True, help="run folder, e.g. runs/<name>")
+    t.add_argument("--preset", choices=("paper", "cpu"), default="paper")
+    t.add_argument("--steps", type=int, help="total steps (paper 100000, cpu 5000)")
+    t.add_argument("--batch-size", type=int, help="per process")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--ema", type=float, nargs="?", const=0.999, metavar="DECAY",
+                   help="keep an EMA of the weights (default decay 0.999)")  # fmt: skip
+    t.add_argument("--resume", action="store_true", help="continue <out>/checkpoints/last")
+    t.add_argument("--until", type=int, metavar="STEP",
+                   help="stop (checkpointed) at this step; --resume continues later")  # fmt: skip
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val-every", type=int)
+    t.add_argument("--val-batches", type=int)
+    t.add_argument("--log-every", type=int)
+    t.add_argument("--checkpoint-every", type=int)
+    t.add_argument("--num-workers", type=int)
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--no-amp", dest="amp", action="store_const", const=False,
+                   help="no bf16 autocast on CUDA")  # fmt: skip
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--backbone-weights", help="torchvision ResNet-18 weights (.safetensors)")
+    t.add_argument("--dataset-config", help="dataset YAML when --data holds bags")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="policy config field, e.g. --set chunk_size=50")  # fmt: skip
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="a training run → ONNX policy folder + policy card")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--out", help="policy folder (default <run>/policy)")
+    e.add_argument("--weights", choices=("auto", "ema", "model"), default="auto")
+    e.add_argument("--threads", type=int)
+    e.set_defaults(func=cmd_export)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="apprentice", description=__doc__.splitlines()[0])
+    add_subcommands(ap.add_subparsers(dest="cmd", required=True))
+    a = ap.parse_args(argv)
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
