@@ -6,27 +6,14 @@ import argparse
 import importlib
 import subprocess
 import sys
-from typing import Any
 
-import yaml
-
-from apprentice.graph import GraphRunner, load_graph
+from apprentice.graph import GraphRunner, load_graph, parse_overrides
 from apprentice.learning.train_cli import add_subcommands as add_learning_subcommands
 from apprentice.transport import isolated_domain_id, ros_env
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"parameter override must be key=value, got {pair!r}")
-        out[key] = yaml.safe_load(value)  # typed like the YAML graph: 3 → int, [a, b] → list
-    return out
-
-
 def cmd_graph_run(a: argparse.Namespace) -> int:
-    graph = load_graph(a.graph).with_parameters(_overrides(a.param))
+    graph = load_graph(a.graph).with_parameters(parse_overrides(a.param))
     env = ros_env(domain_id=a.domain, shm=not a.no_shm)
     print(
         f"graph {graph.name}: {len(graph.processes)} process(es), ROS_DOMAIN_ID="
@@ -65,7 +52,7 @@ def cmd_record(a: argparse.Namespace) -> int:
     from apprentice.recording import DatasetIndex
 
     dataset = Path(a.dataset).resolve()
-    overrides = {"dataset_dir": str(dataset), **_overrides(a.param)}
+    overrides = {"dataset_dir": str(dataset), **parse_overrides(a.param)}
     if a.task:
         overrides["task"] = a.task
     graph = load_graph(a.graph).with_parameters(overrides)

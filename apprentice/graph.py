@@ -52,6 +52,17 @@ class Graph:
         return Graph(self.name, procs, self.source)
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings → a dict, each value typed as YAML reads it: 3 → int, [a, b] → list."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def resolve_graph_path(name_or_path: str | os.PathLike[str]) -> Path:
     path = Path(name_or_path)
     if path.is_file():

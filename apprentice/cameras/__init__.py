@@ -7,11 +7,17 @@ Vendor SDKs are imported only when their backend is opened.
 
 from __future__ import annotations
 
+import importlib
 import threading
 
 from apprentice.robot_io import Camera, CameraSpec, Frame
 
-BACKENDS = ("uvc", "realsense")
+# backend name → (module, camera class, config class); modules import their SDK, so they are
+# imported only when that backend is opened.
+BACKENDS = {
+    "uvc": ("apprentice.cameras.uvc", "UvcCamera", "UvcConfig"),
+    "realsense": ("apprentice.cameras.realsense", "RealSenseCamera", "RealSenseConfig"),
+}
 
 
 class LatestFrame:
@@ -73,17 +79,41 @@ def open_camera(
     `calibration` (from a CameraInfo YAML) replaces the backend's own intrinsics; its image
     size must match width × height.
     """
-    if backend == "uvc":
-        from apprentice.cameras.uvc import UvcCamera, UvcConfig
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown camera backend {backend!r}; known: {', '.join(BACKENDS)}")
+    module_name, camera_class, config_class = BACKENDS[backend]
+    module = importlib.import_module(module_name)
+    cfg = getattr(module, config_class)(device, name, width, height, fps, **options)
+    return getattr(module, camera_class)(cfg, calibration)
 
-        cfg = UvcConfig(device, name, width, height, fps, **options)  # type: ignore[arg-type]
-        return UvcCamera(cfg, calibration)
-    if backend == "realsense":
-        from apprentice.cameras.realsense import RealSenseCamera, RealSenseConfig
 
-        rs_cfg = RealSenseConfig(device, name, width, height, fps, **options)  # type: ignore[arg-type]
-        return RealSenseCamera(rs_cfg, calibration)
-    raise ValueError(f"unknown camera backend {backend!r}; known: {', '.join(BACKENDS)}")
+class CapturedCamera:
+    """What every threaded backend shares: a capture thread feeding a LatestFrame slot.
+
+    Subclasses set `_spec`, start `_thread` (which put()s into `_slot` until `_stop` is set).
+    """
+
+    _spec: CameraSpec
+    _slot: LatestFrame
+    _stop: threading.Event
+    _thread: threading.Thread
+
+    @property
+    def spec(self) -> CameraSpec:
+        return self._spec
+
+    @property
+    def dropped(self) -> int:
+        return self._slot.dropped
+
+    def read(self, timeout: float = 1.0) -> Frame:
+        """The newest frame, waiting up to `timeout` s for one newer than the last returned."""
+        return self._slot.get(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
 
 
 def check_calibration(calibration: CameraSpec, name: str, width: int, height: int) -> CameraSpec:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyrealsense2 as rs
 
-from apprentice.cameras import LatestFrame, check_calibration
+from apprentice.cameras import CapturedCamera, LatestFrame, check_calibration
 from apprentice.robot_io import CameraSpec, Frame
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def spec_from_intrinsics(name: str, intr: rs.intrinsics) -> CameraSpec:
     )
 
 
-class RealSenseCamera:
+class RealSenseCamera(CapturedCamera):
     """A RealSense color (+ aligned depth) camera on apprentice.robot_io.Camera.
 
     Intrinsics come from the device's factory calibration unless `calibration` is given.
@@ -118,23 +118,6 @@ class RealSenseCamera:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._capture, name=f"rs-{cfg.name}", daemon=True)
         self._thread.start()
-
-    @property
-    def spec(self) -> CameraSpec:
-        return self._spec
-
-    @property
-    def dropped(self) -> int:
-        return self._slot.dropped
-
-    def read(self, timeout: float = 1.0) -> Frame:
-        """The newest color frame (a DepthFrame when depth is on)."""
-        return self._slot.get(timeout)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5.0)
 
     def _capture(self) -> None:
         period = 1.0 / self.cfg.fps

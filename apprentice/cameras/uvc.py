@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from apprentice.cameras import LatestFrame, check_calibration
+from apprentice.cameras import CapturedCamera, LatestFrame, check_calibration
 from apprentice.robot_io import CameraSpec, Frame
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def nominal_spec(name: str, width: int, height: int) -> CameraSpec:
     return CameraSpec(name, width, height, f, f, (width - 1) / 2, (height - 1) / 2)
 
 
-class UvcCamera:
+class UvcCamera(CapturedCamera):
     """A UVC camera (or video file) on apprentice.robot_io.Camera, captured on its own thread.
 
     Without `calibration` the intrinsics are a nominal 60° horizontal field of view guess.
@@ -107,22 +107,6 @@ class UvcCamera:
             target=self._capture, args=(cap,), name=f"uvc-{cfg.name}", daemon=True
         )
         self._thread.start()
-
-    @property
-    def spec(self) -> CameraSpec:
-        return self._spec
-
-    @property
-    def dropped(self) -> int:
-        return self._slot.dropped
-
-    def read(self, timeout: float = 1.0) -> Frame:
-        return self._slot.get(timeout)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5.0)
 
     def _open(self) -> cv2.VideoCapture:
         c = self.cfg

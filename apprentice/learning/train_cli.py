@@ -19,19 +19,11 @@ from typing import Any
 
 import yaml
 
+from apprentice.graph import parse_overrides
+
 # Flags that may change when a run is resumed; everything else comes from its run.json.
 _RESUMABLE = ("steps", "val_every", "val_batches", "log_every", "checkpoint_every",
               "num_workers", "device", "amp")  # fmt: skip
-
-
-def _key_values(pairs: list[str]) -> dict[str, Any]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
-        out[key] = yaml.safe_load(value)  # 32 → int, [84, 84] → list, null → None
-    return out
 
 
 def _torch_threads(threads: int | None) -> None:
@@ -64,7 +56,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             policy=a.policy, data=a.data, out=a.out, preset=a.preset, batch_size=a.batch_size,
             lr=a.lr, weight_decay=a.weight_decay, ema_decay=a.ema, seed=a.seed,
             backbone_weights=a.backbone_weights, dataset_config=a.dataset_config,
-            policy_overrides=_key_values(a.set), **given,
+            policy_overrides=parse_overrides(a.set), **given,
         )  # fmt: skip
     result = train(cfg, resume=a.resume, until=a.until, progress=not a.no_progress)
     val = f", val loss {result.val_loss:.4g}" if result.val_loss is not None else ""

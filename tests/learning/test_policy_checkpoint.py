@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -83,13 +84,19 @@ def test_load_rejects_mismatched_files(tmp_path, act_cfg) -> None:
         load_policy(tmp_path / "ckpt")
 
 
-def test_no_object_deserializer_appears_in_the_package_or_its_tests() -> None:
-    """The names are assembled here so this file passes the same repository-wide search."""
-    forbidden = ("torch" + ".load", "pick" + "le")
-    package = Path(apprentice.learning.__file__).parent
-    sources = sorted([*package.rglob("*.py"), *Path(__file__).parent.rglob("*.py")])
-    assert len(sources) >= 15
-    offenders = [
-        f"{p}: {word}" for p in sources for word in forbidden if word in p.read_text().lower()
+def test_no_object_deserializer_is_used_anywhere() -> None:
+    """No unpickling on any load path: no torch.load, no pickle module, anywhere in the repo.
+    (Prose may say "nothing is pickled"; code may not call or import it. The patterns are
+    assembled here so this file passes its own search.)"""
+    forbidden = re.compile(
+        r"torch\.load\s*\(|^\s*import\s+" + "pick" + r"le\b|^\s*from\s+" + "pick" + r"le\s+import"
+        r"|\b" + "pick" + r"le\.loads?\s*\(",
+        re.MULTILINE,
+    )
+    root = Path(apprentice.learning.__file__).parents[2]
+    sources = [
+        p for p in root.rglob("*.py") if ".venv" not in p.parts and "site-packages" not in p.parts
     ]
+    assert len(sources) >= 50
+    offenders = [str(p) for p in sources if forbidden.search(p.read_text(errors="replace"))]
     assert offenders == []

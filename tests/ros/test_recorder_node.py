@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -173,3 +175,29 @@ def test_episodes_quality_discard_sigterm_and_kill9(pubs, tmp_path) -> None:
     assert killed_at - last <= 1.0, f"lost {killed_at - last:.2f} s"
     assert abs(len(recovered["/test/joint_states"]) - 300) <= 100
     assert {ep: sha(dataset / ep) for ep in before} == before
+
+
+def test_terminal_session_keys_start_keep_discard(pubs, tmp_path) -> None:
+    """The operator's keys (here piped): s start, k keep, s, d discard, q quit."""
+    dataset = tmp_path / "ds"
+    runner = start_recorder(dataset, tmp_path / "logs")
+    try:
+        session = subprocess.Popen(
+            [sys.executable, "-m", "apprentice_ros.record_session", "--interactive"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for key, wait in (("s", 1.5), ("k", 0.5), ("s", 1.0), ("d", 0.5), ("q", 0.0)):
+            session.stdin.write(key + "\n")
+            session.stdin.flush()
+            time.sleep(wait)
+        out, _ = session.communicate(timeout=30)
+    finally:
+        runner.stop()
+    assert session.returncode == 0, out
+    assert "recording episode_0000" in out and "kept episode_0000" in out
+    assert "discarded episode_0001" in out
+    entries = DatasetIndex(dataset).list(include_discarded=True)
+    assert [(e.episode_id, e.status) for e in entries] == [
+        ("episode_0000", "kept"),
+        ("episode_0001", "discarded"),
+    ]

@@ -134,11 +134,29 @@ def run_scripted(node: Session, episodes: int) -> list[dict]:
     return rows
 
 
+def _keys():
+    """Single key presses on a terminal (no Enter needed); lines when stdin is a pipe."""
+    if not sys.stdin.isatty():
+        for line in sys.stdin:
+            yield line.strip()[:1].lower()
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        while key := sys.stdin.read(1):
+            yield key.lower()
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
 def run_interactive(node: Session) -> list[dict]:
     rows: list[dict] = []
-    print("keys: s start, k stop and keep, d discard, q quit (then Enter)", flush=True)
-    for line in sys.stdin:
-        key = line.strip()[:1].lower()
+    print("keys: s start, k stop and keep, d discard, q quit", flush=True)
+    for key in _keys():
         try:
             if key == "s":
                 print(f"recording {node.call('start')['episode']}", flush=True)
