@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import subprocess
 import sys
 
@@ -104,8 +103,13 @@ def cmd_scenes(_a: argparse.Namespace) -> int:
     return 0
 
 
-# Commands with a CLI of their own: name → (help, module with main(argv) -> int).
+# Commands with a CLI of their own: name → (help, module run as `python -m module ARGS`).
+# A child process keeps this CLI free of rclpy even for modules of apprentice_ros.
 PASS_THROUGH = {
+    "replay": (
+        "replay an episode bag in simulation: tracking error, video, success",
+        "apprentice_ros.replay",
+    ),
     "calibrate-arm": (
         "calibrate a servo-bus arm, or verify a calibration",
         "apprentice.calibration.arm_cli",
@@ -118,7 +122,8 @@ PASS_THROUGH = {
 
 
 def _pass_through(name: str, rest: list[str]) -> int:
-    return importlib.import_module(PASS_THROUGH[name][1]).main(rest)
+    module = PASS_THROUGH[name][1]
+    return subprocess.run([sys.executable, "-m", module, *rest], check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

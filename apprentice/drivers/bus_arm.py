@@ -155,7 +155,10 @@ class ServoBusArm:
         timeout_s: float = 0.01,
         retries: int = 2,
         max_failures: int = 3,
-        watchdog_s: float = 0.1,
+        # Dynamixel Bus Watchdog: servos stop when the host is silent this long. 0.5 s, not
+        # less: a Python host under load (GC, a busy 2-core computer) can pause a few hundred
+        # ms between node start-up and the first read, and a false trip needs a rearm.
+        watchdog_s: float = 0.5,
     ) -> None:
         if len(joints) != spec.n_joints:
             raise ValueError(f"{len(joints)} calibrations for {spec.n_joints} joints")
