@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=cmd_demo)
 
     rec = sub.add_parser("record", help="record demonstrations into a dataset of episode bags")
-    rec.add_argument("--graph", default="record_sim_aloha", help="robot+teleop+recorder graph")
+    rec.add_argument(
+        "--graph", "--robot", default="record_sim_aloha", help="robot + teleop + recorder graph"
+    )
     rec.add_argument("--task", help="task label saved with each episode")
     rec.add_argument("--episodes", type=int, default=1)
     rec.add_argument("--dataset", default="data/demos")

@@ -202,6 +202,63 @@ class Servo:
         self.watchdog = 0
 
 
+DXL_HOMING_OFFSET = 20
+FT_OFS = 31
+FT_LOCK = 55
+
+
+class OffsetServo(Servo):
+    """A servo with the offset registers arm calibration writes (from the datasheets):
+    - Dynamixel X: Homing Offset (addr 20, 4 bytes signed), Present = actual + offset; EEPROM
+      (addr < 64) writable only with torque off (else Access Error).
+    - Feetech STS3215: Ofs (addr 31, 2 bytes, sign-magnitude, sign in bit 11), Present =
+      actual − Ofs; EEPROM (addr < 40) takes writes only while Lock (addr 55) is 0; shipped
+      locked.
+    - both: encoders read one turn, so reported ticks wrap at 0/4095; goals are in the same
+      offset frame, and the servo moves to them without crossing that frame's seam.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.protocol == "feetech":
+            self.mem[FT_LOCK] = 1
+
+    def offset(self) -> int:
+        if self.protocol == "dynamixel":
+            return struct.unpack_from("<i", self.mem, DXL_HOMING_OFFSET)[0]
+        raw = self.mem[FT_OFS] | self.mem[FT_OFS + 1] << 8
+        return -(raw & 0x7FF) if raw & 0x800 else raw & 0x7FF
+
+    def reported(self, actual: float) -> float:
+        shift = self.offset() if self.protocol == "dynamixel" else -self.offset()
+        return (actual + shift) % 4096
+
+    def refresh(self) -> None:
+        actual = (self.position, self.goal)
+        self.position, self.goal = self.reported(self.position), self.reported(self.goal)
+        try:
+            super().refresh()
+        finally:
+            self.position, self.goal = actual
+
+    def write(self, address: int, data: bytes) -> int:
+        dynamixel = self.protocol == "dynamixel"
+        if address < (64 if dynamixel else 40):  # EEPROM
+            if dynamixel:
+                if self.torque:
+                    return 7  # access error
+                self.mem[address : address + len(data)] = data
+                return 0
+            if self.mem[FT_LOCK]:
+                return 0  # locked: not taken
+        goal_at, goal_len = (116, 4) if dynamixel else (42, 2)
+        result = super().write(address, data)
+        if result == 0 and address <= goal_at and goal_at + goal_len <= address + len(data):
+            # The goal came in the offset frame: the same distance from here in actual ticks.
+            self.goal = self.position + (self.goal - self.reported(self.position))
+        return result
+
+
 class Emulator:
     """The bus: parses instruction packets from the pty master and answers as the servos would."""
 
@@ -217,7 +274,7 @@ class Emulator:
             raise ValueError(f"unknown protocol {protocol!r}")
         self.protocol = protocol
         self.codec = dxl if protocol == "dynamixel" else ft
-        self.servos = {i: Servo(i, protocol, tau_s) for i in ids}
+        self.servos = {i: OffsetServo(i, protocol, tau_s) for i in ids}
         self.byte_s = 10.0 / baudrate if baudrate > 0 else 0.0
         self.faults: list[Fault] = []
         self.rng = random.Random(seed)

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-from hw_servos import OffsetEmulatorProcess
 from hw_setup import IDS, robot_file
 
 from apprentice.calibration.arm import (
@@ -25,6 +24,7 @@ from apprentice.calibration.arm import (
     write_offsets,
 )
 from apprentice.drivers.bus_arm import RAD_PER_TICK, ServoBusArm
+from apprentice.drivers.emulator import EmulatorProcess
 from apprentice.drivers.factory import arm_config
 
 # Raw ticks at the reference pose: shoulder_pan sits near the seam, so its range crosses 4095→0.
@@ -123,7 +123,7 @@ def test_offsets_written_to_servos_reload_and_verify_across_the_seam(tmp_path, p
         {names[i]: SIGNS[i] for i in IDS},
     )
     assert any(j.servo_offset != 0 for j in cal.joints)
-    with OffsetEmulatorProcess(protocol, IDS) as emu:
+    with EmulatorProcess(protocol, IDS) as emu:
         bus = open_bus(cfg, emu.port, 1_000_000)
         assert verify(bus, cfg, cal)  # fresh servos: offsets 0, not the file's
         write_offsets(bus, cal)
@@ -169,7 +169,7 @@ def test_cli_calibrates_from_stdin_and_verify_catches_a_changed_servo(tmp_path) 
     robot = robot_file(tmp_path, "feetech")
     out = tmp_path / "follower.yaml"
     cli = [sys.executable, "-m", "apprentice.calibration.arm_cli"]
-    with OffsetEmulatorProcess("feetech", IDS) as emu:
+    with EmulatorProcess("feetech", IDS) as emu:
         common = ["--robot", str(robot), "--arm", "feetech_follower", "--port", emu.port]
         for i in IDS:
             emu.control("move", id=i, ticks=REFERENCE[i])
