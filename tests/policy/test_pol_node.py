@@ -250,6 +250,9 @@ def test_commands_arrive_at_the_configured_rate_and_move_the_arm(policy_node, te
     assert abs(rate - RATE) < 2.5, rate
     periods = np.diff(stamps)  # tick times: multiples of the period (a missed tick is skipped)
     assert np.all(periods > 0) and np.allclose(periods / TICK, np.round(periods / TICK), atol=1e-3)
+    # The sim's driver handles its queue in order: give it a moment for the commands still
+    # queued behind the ones counted (more keep coming, which only helps the check).
+    tester.spin(0.3)
     accepted = json.loads(tester.call("/right/stats"))["accepted"] - before
     assert accepted >= 0.9 * len(stamps), (accepted, len(stamps))  # the sim took them
     moves = np.abs(np.diff([q for _, q in tester.commands], axis=0)).max()
