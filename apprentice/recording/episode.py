@@ -47,10 +47,13 @@ class WriterConfig:
     # lz4.frame ran at ~385 MB/s for no gain, while zstd skips incompressible blocks fast and
     # still halves smooth (sim) images; ros2 bag's MCAP presets use zstd too. Level -3: 3
     # cameras 640x480 rgb8 @30 Hz + 2 joint streams @200 Hz (83 MB/s) cost 7-15 % of a core
-    # here (ratio 1.0 noisy .. 1.9 smooth); level 1 cost 16-25 % for ratio 1.09 .. 2.4.
+    # here (ratio 1.0 noisy .. 1.9 smooth); level 1 cost 16-25 % for ratio 1.09 .. 2.4. A bag
+    # whose first 8 MiB of chunks shrink less than 1.05x stores the rest uncompressed (noisy
+    # frames, JPEG); chunk CRCs stay either way. Compression runs on the file's writer thread.
     zstd_level: int | None = -3
-    # fsync the bag on close (the episode is on disk when close() returns). Chunks written
-    # before close are in the page cache at once, which is what survives a kill -9.
+    # fsync the bag on close (the episode is on disk when close() returns). A closed chunk is
+    # in the page cache a few ms later (written by the writer thread), which is what survives
+    # a kill -9.
     fsync_on_close: bool = True
     ros_distro: str = "jazzy"
 

@@ -43,7 +43,9 @@ class Recorder:
         self._tracker: QualityTracker | None = None
         self._start_ns = 0
         self.before_start = 0  # stamped messages of the episode's past, still queued at start
-        self.dropped = 0  # messages the recorder could not write (counted into the verdict)
+        # messages received during the episode that the recorder could not write (the bag's
+        # writer failed, e.g. disk full): counted into the verdict, never silently skipped
+        self.dropped = 0
 
     @property
     def recording(self) -> bool:
@@ -82,7 +84,10 @@ class Recorder:
             return
         try:
             writer.write(topic, cdr, t)
-        except RuntimeError:  # closed under us by stop(): the message belongs to no episode
+        except RuntimeError:
+            if not writer.closed:  # the writer failed: this message is lost to the bag
+                self.dropped += 1
+            # else closed under us by stop(): the message belongs to no episode
             return
         tracker.observe(topic, cdr, t)
 

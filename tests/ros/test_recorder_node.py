@@ -201,3 +201,13 @@ def test_terminal_session_keys_start_keep_discard(pubs, tmp_path) -> None:
         ("episode_0000", "kept"),
         ("episode_0001", "discarded"),
     ]
+
+
+def test_queue_depth_holds_two_seconds_of_each_stream() -> None:
+    from apprentice_ros.recorder import queue_depth
+
+    # 200 Hz joints: 2 s is 400 messages (depth 100 overflowed within 0.5 s of stalled callbacks)
+    assert queue_depth(200.0) == 400
+    assert queue_depth(333.3) == 667  # rounded up, never below 2 s
+    assert queue_depth(30.0) == 100  # slow streams keep the floor
+    assert queue_depth(0.5) == 100
