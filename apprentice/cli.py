@@ -87,6 +87,28 @@ def cmd_record(a: argparse.Namespace) -> int:
     return session.returncode
 
 
+def cmd_recover(a: argparse.Namespace) -> int:
+    """Recovers the killed episodes of a dataset (bags without metadata.yaml) into its index."""
+    from pathlib import Path
+
+    from apprentice.recording import needs_recovery
+    from apprentice.recording.recorder import recover_into_index
+
+    root = Path(a.dataset)
+    bags = [p for p in sorted(root.iterdir()) if p.is_dir() and any(p.glob("*.mcap"))]
+    todo = [p for p in bags if needs_recovery(p)]
+    if not todo:
+        print(f"{root}: nothing to recover")
+    for bag in todo:
+        entry = recover_into_index(bag)
+        verdict = "quality ok" if entry.passed else "FLAGGED: " + "; ".join(entry.reasons)
+        print(
+            f"recovered {entry.episode_id}: {entry.duration_s:.1f} s, "
+            f"{sum(entry.topic_counts.values())} messages; {verdict}"
+        )
+    return 0
+
+
 def cmd_list_devices(_a: argparse.Namespace) -> int:
     from apprentice.cameras.devices import format_devices, list_devices
 
@@ -160,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     rec.set_defaults(func=cmd_record)
 
     sub.add_parser("scenes", help="list simulated scenes").set_defaults(func=cmd_scenes)
+    recov = sub.add_parser("recover", help="recover episodes a crash left unfinished")
+    recov.add_argument("dataset", help="dataset folder (its episode bags and index.json)")
+    recov.set_defaults(func=cmd_recover)
     add_learning_subcommands(sub)  # dataset build, train, export (torch imported only to run)
     sub.add_parser("list-devices", help="serial ports and cameras").set_defaults(
         func=cmd_list_devices

@@ -7,6 +7,7 @@ the episode to the dataset index; discarding deletes the bag and marks the entry
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from pathlib import Path
 from .episode import EpisodeWriter, WriterConfig
 from .index import DatasetIndex, EpisodeEntry
 from .msgdefs import header_stamp_ns
-from .quality import QualityConfig, QualityTracker, QualityVerdict, TopicSpec
+from .quality import QualityConfig, QualityTracker, QualityVerdict, TopicSpec, assess_bag
+from .recover import recover
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,30 @@ class RecordedTopic:
     spec: TopicSpec
     msgtype: str  # e.g. sensor_msgs/msg/JointState
     qos_yaml: str | None = None  # offered QoS of the publishers, rosbag2 YAML
+
+
+QUALITY_TOPICS_KEY = "quality_topics"
+
+
+def topic_specs(custom_data: dict[str, str]) -> list[TopicSpec]:
+    """The quality gate's topic specs a Recorder stored in an episode's custom_data."""
+    if QUALITY_TOPICS_KEY not in custom_data:
+        raise ValueError(f"custom_data has no {QUALITY_TOPICS_KEY!r} (not written by a Recorder)")
+    return [
+        TopicSpec(n, hz, role, stamped)
+        for n, hz, role, stamped in json.loads(custom_data[QUALITY_TOPICS_KEY])
+    ]
+
+
+def recover_into_index(bag_dir: Path, quality: QualityConfig | None = None) -> EpisodeEntry:
+    """Recovers a killed episode, judges it with its own topic specs and lists it in the
+    index of the dataset it belongs to (the bag's parent folder)."""
+    report = recover(bag_dir)
+    summary = report.summary
+    verdict = assess_bag(bag_dir, topic_specs(summary.custom_data), quality)
+    entry = EpisodeEntry.from_episode(bag_dir.parent, summary, verdict)
+    DatasetIndex(bag_dir.parent).append(entry)
+    return entry
 
 
 class Recorder:
@@ -56,8 +82,15 @@ class Recorder:
             if self._writer is not None:
                 raise RuntimeError(f"already recording {self._writer.bag_dir.name}")
             episode = self.index.next_episode_id()
+            # The gate's topic specs travel in the bag (written at its start), so a recovered
+            # bag is judged by the same rules as a finished one.
+            specs = [
+                [t.spec.name, t.spec.nominal_hz, t.spec.role, t.spec.stamped]
+                for t in self.topics.values()
+            ]
+            data = {**(custom_data or {}), QUALITY_TOPICS_KEY: json.dumps(specs)}
             writer = EpisodeWriter(
-                self.root / episode, task=task, custom_data=custom_data, config=self.writer_config
+                self.root / episode, task=task, custom_data=data, config=self.writer_config
             )
             for t in self.topics.values():
                 writer.add_topic(t.spec.name, t.msgtype, t.qos_yaml)
