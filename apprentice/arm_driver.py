@@ -16,6 +16,9 @@ import numpy as np
 from apprentice.robot_io import Arm, ArmSpec, JointReading
 
 
+LIMIT_TOLERANCE = 1e-6  # rad or m
+
+
 @dataclass(frozen=True)
 class Verdict:
     accepted: bool
@@ -31,7 +34,8 @@ def check_positions(position: np.ndarray, spec: ArmSpec) -> Verdict:
     if bad.any():
         names = [spec.joint_names[i] for i in np.flatnonzero(bad)]
         return Verdict(False, f"non-finite value for {', '.join(names)}")
-    out = (q < spec.lower) | (q > spec.upper)
+    # A target a rounding error past a limit (interpolation ending exactly on it) is the limit.
+    out = (q < spec.lower - LIMIT_TOLERANCE) | (q > spec.upper + LIMIT_TOLERANCE)
     if out.any():
         parts = [
             f"{spec.joint_names[i]}={q[i]:.4f} not in [{spec.lower[i]:.4f}, {spec.upper[i]:.4f}]"
@@ -101,7 +105,7 @@ class ArmDriver:
         if not verdict.accepted:
             return self._reject(verdict.reason)
         with self._lock:
-            self._target = q.copy()
+            self._target = np.clip(q, self.spec.lower, self.spec.upper)
             self.arm.write(self._target)
             self.counts["accepted"] += 1
         return verdict

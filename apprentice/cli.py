@@ -8,6 +8,8 @@ import sys
 
 from apprentice.graph import GraphRunner, load_graph, parse_overrides
 from apprentice.learning.train_cli import add_subcommands as add_learning_subcommands
+from apprentice.pipeline import add_demo_arguments, run_demo
+from apprentice.pipeline import add_subcommands as add_pipeline_subcommands
 from apprentice.transport import isolated_domain_id, ros_env
 
 
@@ -19,29 +21,6 @@ def cmd_graph_run(a: argparse.Namespace) -> int:
         f"{env.get('ROS_DOMAIN_ID', '0')}; Ctrl-C stops"
     )
     return GraphRunner(graph, env=env).start().wait()
-
-
-def cmd_demo(a: argparse.Namespace) -> int:
-    """Starts the simulated ALOHA graph and shows what an independent subscriber sees."""
-    domain = a.domain if a.domain is not None else isolated_domain_id()
-    env = ros_env(domain_id=domain)
-    graph = load_graph("sim_aloha").with_parameters({"cameras": ["top", "angle"]})
-    print(
-        f"demo: simulated ALOHA robot (MuJoCo) on ROS_DOMAIN_ID={domain}; "
-        f"measuring topics for {a.seconds:g} s ...",
-        flush=True,
-    )
-    with GraphRunner(graph, env=env) as runner:
-        probe = subprocess.run(
-            [sys.executable, "-m", "apprentice_ros.probe", "--duration", str(a.seconds)],
-            env=env,
-            check=False,
-        )
-        died = runner.poll()
-    if died:
-        print(f"demo: graph process(es) exited early: {died}", file=sys.stderr)
-        return 1
-    return probe.returncode
 
 
 def cmd_record(a: argparse.Namespace) -> int:
@@ -160,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-shm", action="store_true", help="default Fast DDS transports")
     run.set_defaults(func=cmd_graph_run)
 
-    demo = sub.add_parser("demo", help="the end-to-end job in simulation")
-    demo.add_argument("--seconds", type=float, default=10.0)
-    demo.add_argument("--domain", type=int, help="ROS_DOMAIN_ID (default: a random free one)")
-    demo.set_defaults(func=cmd_demo)
+    demo = sub.add_parser(
+        "demo", help="the whole job in simulation: demos → bags → training → ONNX → closed loop"
+    )
+    add_demo_arguments(demo)
+    demo.set_defaults(func=run_demo)
 
     rec = sub.add_parser("record", help="record demonstrations into a dataset of episode bags")
     rec.add_argument(
@@ -186,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     recov.add_argument("dataset", help="dataset folder (its episode bags and index.json)")
     recov.set_defaults(func=cmd_recover)
     add_learning_subcommands(sub)  # dataset build, train, export (torch imported only to run)
+    add_pipeline_subcommands(sub)  # eval
     sub.add_parser("list-devices", help="serial ports and cameras").set_defaults(
         func=cmd_list_devices
     )

@@ -34,6 +34,8 @@ def test_check_positions_reasons() -> None:
     assert "non-finite" in check_positions(np.array([np.inf, 0.0]), spec).reason
     v = check_positions(np.array([0.0, 2.5]), spec)
     assert not v.accepted and "j2=2.5000 not in" in v.reason
+    assert check_positions(np.array([1.0 + 1e-9, -2.0 - 1e-9]), spec).accepted  # rounding
+    assert not check_positions(np.array([1.0 + 1e-4, 0.0]), spec).accepted
 
 
 def test_mujoco_arm_is_an_arm(world: MujocoWorld) -> None:

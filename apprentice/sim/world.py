@@ -66,7 +66,7 @@ class MujocoWorld:
         self.lock = threading.RLock()
         self._epoch = time.time()  # host time of sim time 0; re-anchored by start()
         self.max_lag = max_lag
-        self.stats = {"steps": 0, "resyncs": 0}
+        self.stats = {"steps": 0, "resyncs": 0, "divergences": 0}
         grippers = {a.name: a.gripper_body for a in self.scene.arms}
         self._task = TASKS[self.scene.task](self.model, grippers)
         self._arms = {a.name: MujocoArm(self, a.name) for a in self.scene.arms}
@@ -114,7 +114,15 @@ class MujocoWorld:
         """Advances physics by n steps (used by the pacing thread and by headless tests)."""
         with self.lock:
             for _ in range(n):
+                t = self.data.time
                 mujoco.mj_step(self.model, self.data)
+                if self.data.time < t:
+                    # MuJoCo resets MjData when the physics diverges (its time goes back to 0):
+                    # start a fresh episode instead, and keep time (and so stamps) going forward.
+                    self.stats["divergences"] += 1
+                    self.data.time = t
+                    self.reset()
+                    self.data.time = t + self.model.opt.timestep
             self.stats["steps"] += n
 
     def start(self) -> None:

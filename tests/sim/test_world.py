@@ -141,3 +141,15 @@ def test_torque_off_makes_the_arm_limp() -> None:
     world.step(500)
     assert sagged > 0.05  # gravity wins without torque
     assert np.abs(arm.read().position - q0).max() < 0.02
+
+
+def test_divergence_starts_a_fresh_episode_and_time_keeps_going() -> None:
+    world = MujocoWorld("so100_lift", seed=0)
+    world.step(50)
+    t = world.sim_time
+    world.data.qpos[0] = np.nan  # what a blown-up simulation looks like to MuJoCo
+    world.step(1)  # MuJoCo resets its data (time → 0); the world must not go back in time
+    assert world.stats["divergences"] == 1
+    assert world.sim_time > t
+    assert np.all(np.isfinite(world.data.qpos))
+    np.testing.assert_allclose(world.arm("arm").read().position, world.arm("arm").defn.home)

@@ -1,0 +1,260 @@
+"""A closed-loop evaluation session against a running simulated robot.
+
+python -m apprentice_ros.eval_session --policy-params policy.params.yaml --episodes N --out DIR
+
+For each episode: command the arms home (the arm drivers hold the last command they got),
+reset the simulator (/sim/reset: arms home, objects at the next seed), let the objects settle
+while still commanding home, start a fresh policy node process (`apprentice_ros.policy_node`
+with the given params file), and from its first command on, run for `--duration` seconds while
+recording /sim/success, /sim/task_stage, the camera's frames, joint states and commands. Then
+the policy node is stopped (SIGINT) and the episode's video (DIR/videos/episode_NNN.avi) and
+joint plot (DIR/plots/episode_NNN.png) are written.
+
+Why a process per episode: the policy node keeps its chunk buffers and its observation
+history across an e-stop/rearm, so a rearm after a reset would blend chunks predicted for the
+previous episode's last pose into the first second of the next. A fresh process starts empty,
+measures the reset pose and ramps from it, exactly like the first episode; it costs ~2-3 s.
+
+Prints one JSON row per episode; --json writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray, Int32
+from std_srvs.srv import Trigger
+
+from apprentice.pipeline import plot_joints, write_video
+from apprentice_ros.conversions import from_time, image_to_array
+
+SETTLE_S = 0.5  # after a reset, objects drop onto the table
+HOME_S = 1.0  # commanding home before a reset: the arms let go of what they hold
+QUIET_S = 0.2  # after our last home command; a policy node takes > 1 s to start
+STOP_TIMEOUT_S = 15.0  # for the policy node's orderly shutdown
+
+
+class EvalSession(Node):
+    """Subscriptions that fill the current episode's buffers while `recording` is set."""
+
+    def __init__(self, arms: list[str], camera: str) -> None:
+        super().__init__("eval_session")
+        self.arms, self.camera = arms, camera
+        self.recording = False
+        self.first_command: float | None = None  # host time of the policy's first command
+        self.clear()
+        self.create_subscription(Bool, "/sim/success", self._on_success, 10)
+        self.create_subscription(Int32, "/sim/task_stage", self._on_stage, 10)
+        self.create_subscription(Image, f"/cameras/{camera}/image_raw", self._on_image,
+                                 QoSProfile(depth=5))  # fmt: skip
+        for arm in arms:
+            self.create_subscription(
+                JointState, f"/{arm}/joint_states", lambda m, a=arm: self._on_joints(a, m), 10
+            )
+            self.create_subscription(
+                Float64MultiArray, f"/{arm}/commands", lambda m, a=arm: self._on_command(a, m),
+                10,
+            )  # fmt: skip
+        self._reset = self.create_client(Trigger, "/sim/reset")
+        self._command_pubs = {
+            arm: self.create_publisher(Float64MultiArray, f"/{arm}/commands", 10) for arm in arms
+        }
+
+    def command_home(self, home: dict[str, list[float]], seconds: float) -> None:
+        """Publishes each arm's home pose (joint order) at 50 Hz for `seconds`."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for arm, q in home.items():
+                self._command_pubs[arm].publish(Float64MultiArray(data=list(q)))
+            time.sleep(0.02)
+
+    def clear(self) -> None:
+        self.success: list[bool] = []
+        self.stages: list[int] = []
+        self.frames: list[np.ndarray] = []  # (H, W, 3) uint8 RGB
+        self.joints: dict[str, list[tuple[float, np.ndarray]]] = {a: [] for a in self.arms}
+        self.joint_names: dict[str, list[str]] = {}
+        self.commands: dict[str, list[tuple[float, np.ndarray]]] = {a: [] for a in self.arms}
+        self.first_command = None
+        # our own home commands may still be in flight: none of them is the policy's first
+        self._quiet_until = time.time() + QUIET_S
+
+    def _on_success(self, msg: Bool) -> None:
+        if self.recording:
+            self.success.append(bool(msg.data))
+
+    def _on_stage(self, msg: Int32) -> None:
+        if self.recording:
+            self.stages.append(int(msg.data))
+
+    def _on_image(self, msg: Image) -> None:
+        if self.recording:
+            self.frames.append(image_to_array(msg).copy())
+
+    def _on_joints(self, arm: str, msg: JointState) -> None:
+        self.joint_names.setdefault(arm, list(msg.name))
+        if self.recording:
+            self.joints[arm].append((from_time(msg.header.stamp), np.asarray(msg.position)))
+
+    def _on_command(self, arm: str, msg: Float64MultiArray) -> None:
+        now = time.time()  # forward commands carry no stamp: the arrival time
+        if self.first_command is None and now > self._quiet_until:
+            self.first_command = now
+        if self.recording:
+            self.commands[arm].append((now, np.asarray(msg.data)))
+
+    def call(self, client, timeout: float = 30.0) -> dict:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f"service {client.srv_name} is not available")
+        future = client.call_async(Trigger.Request())
+        end = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > end:
+                raise RuntimeError(f"service {client.srv_name} did not answer")
+            time.sleep(0.01)
+        res = future.result()
+        if not res.success:
+            raise RuntimeError(f"{client.srv_name}: {res.message}")
+        return json.loads(res.message) if res.message.startswith("{") else {}
+
+    def reset_sim(self) -> dict:
+        return self.call(self._reset)
+
+    def policy_stats(self) -> dict:
+        client = self.create_client(Trigger, "/policy/stats")
+        try:
+            return self.call(client, timeout=5.0)
+        except RuntimeError:
+            return {}
+        finally:
+            self.destroy_client(client)
+
+
+def _start_policy(params: Path, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "apprentice_ros.policy_node", "--ros-args", "--params-file",
+           str(params)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def run_episode(
+    node: EvalSession, index: int, a: argparse.Namespace, out: Path
+) -> dict[str, object]:
+    # The arm drivers hold their last command: without a new one they would pull the arms
+    # from the reset pose back to where the last episode's policy left them. Command home
+    # before and after the reset, as teleop does while recording.
+    home = json.loads(a.home) if a.home else {}
+    node.command_home(home, HOME_S)
+    sim = node.reset_sim()
+    node.command_home(home, SETTLE_S)
+    node.clear()
+    name = f"episode_{index:03d}"
+    log = out / "logs" / f"policy_{name}.log"
+    proc = _start_policy(Path(a.policy_params), log)
+    row: dict[str, object] = {"episode": index, "seed": sim["seed"]}
+    end = time.monotonic() + a.startup_timeout
+    while node.first_command is None and proc.poll() is None and time.monotonic() < end:
+        time.sleep(0.01)
+    if node.first_command is None:
+        code = _stop(proc)
+        raise RuntimeError(f"{name}: the policy node sent no command (exit {code}); see {log}")
+    node.recording = True
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < a.duration and proc.poll() is None:
+        time.sleep(0.05)
+    node.recording = False
+    ran = time.monotonic() - t0  # s
+    stats = node.policy_stats()
+    code = _stop(proc)
+    if not node.success:
+        raise RuntimeError(f"{name}: no /sim/success message while the policy ran")
+    inference = stats.get("inference_s", {})
+    row.update(
+        success=any(node.success),  # ACT's criterion: the last stage was reached
+        success_at_end=node.success[-1],
+        max_stage=max(node.stages, default=0),
+        seconds=round(ran, 2),
+        frames=len(node.frames),
+        # fewer than half the camera's frames: the simulator stalled (a loaded host), so the
+        # policy was held by its watchdog for part of the episode
+        sim_stalled=len(node.frames) < 0.5 * a.fps * ran,
+        inferences=stats.get("inferences", 0),
+        inference_ms=round(1e3 * inference["p50"], 1) if inference.get("n") else None,
+        mode=stats.get("mode", "?"),
+        exit_code=code,
+    )
+    row["video"] = str(write_video(node.frames, out / "videos" / f"{name}.avi", a.fps))
+    series = {
+        arm: (node.joint_names.get(arm, []), node.joints[arm], node.commands[arm])
+        for arm in node.arms
+    }
+    row["plot"] = str(plot_joints(series, out / "plots" / f"{name}.png", title=f"{name} "
+                                  f"(seed {sim['seed']}, success {row['success']})"))  # fmt: skip
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--policy-params", required=True, help="params file of the policy node")
+    ap.add_argument("--episodes", type=int, default=1)
+    ap.add_argument("--duration", type=float, default=10.0, help="s per episode")
+    ap.add_argument("--arms", nargs="+", default=["left", "right"])
+    ap.add_argument("--camera", default="top", help="the camera recorded into the video")
+    ap.add_argument("--fps", type=float, default=30.0, help="the camera's rate, for the video")
+    ap.add_argument("--startup-timeout", type=float, default=60.0, help="s to the first command")
+    ap.add_argument("--home", help="JSON {arm: [joint positions]} commanded around resets")
+    ap.add_argument("--out", required=True, help="folder for videos, plots, logs")
+    ap.add_argument("--json", help="write the per-episode rows here")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    rclpy.init()
+    node = EvalSession(a.arms, a.camera)
+    stop = threading.Event()
+    spinner = threading.Thread(target=_spin, args=(node, stop), daemon=True)
+    spinner.start()
+    rows = []
+    try:
+        for i in range(a.episodes):
+            row = run_episode(node, i, a, out)
+            rows.append(row)
+            print(f"[{i + 1}/{a.episodes}] " + json.dumps(row), flush=True)
+    finally:
+        stop.set()
+        spinner.join(timeout=5)
+        node.destroy_node()
+        rclpy.shutdown()
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _spin(node: Node, stop: threading.Event) -> None:
+    while not stop.is_set() and rclpy.ok():
+        rclpy.spin_once(node, timeout_sec=0.05)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

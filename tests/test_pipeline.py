@@ -1,0 +1,181 @@
+"""The pure parts of apprentice.pipeline: results, stage reuse, episode artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from apprentice.dataset import DatasetConfig
+from apprentice.pipeline import (
+    DemoConfig,
+    Stage,
+    dataset_config,
+    demo_stages,
+    format_table,
+    link_successful,
+    parse_record_rows,
+    plot_joints,
+    policy_arms,
+    stale_after,
+    summarize,
+    write_video,
+)
+from apprentice.sim.scenes import get_scene
+
+
+def test_summarize_counts_successes_and_stages() -> None:
+    rows = [
+        {"success": True, "success_at_end": True, "max_stage": 4},
+        {"success": True, "success_at_end": False, "max_stage": 4},
+        {"success": False, "success_at_end": False, "max_stage": 1},
+        {"success": False, "success_at_end": False, "max_stage": 2, "sim_stalled": True},
+    ]
+    s = summarize(rows)
+    assert (s["episodes"], s["successes"]) == (4, 2)
+    assert s["success_rate"] == pytest.approx(0.5)
+    assert s["success_rate_at_end"] == pytest.approx(0.25)
+    assert s["mean_max_stage"] == pytest.approx(2.75)
+    assert s["sim_stalled"] == 1
+    assert summarize([])["success_rate"] is None
+    # rows of `apprentice record` have no stages: only the rate
+    assert summarize([{"success": True}, {"success": False}, {"success": True}]) == {
+        "episodes": 3, "successes": 2, "success_rate": pytest.approx(2 / 3)
+    }  # fmt: skip
+
+
+def test_format_table_aligns_columns_and_leaves_missing_cells_empty() -> None:
+    rows = [
+        {"episode": 0, "success": True, "inference_ms": 12.5},
+        {"episode": 10, "success": False},
+    ]
+    lines = format_table(rows).splitlines()
+    assert lines[0].split() == ["episode", "success", "inference_ms"]
+    assert lines[1].split() == ["0", "True", "12.5"] and lines[2].split() == ["10", "False"]
+    # every column starts at the same offset in every line
+    starts = [lines[0].index("success"), lines[0].index("inference_ms")]
+    assert lines[1][starts[0] : starts[0] + 4] == "True" and lines[1][starts[1] :] == "12.5"
+    assert format_table(rows, ["success"]).splitlines() == ["success", "True", "False"]
+
+
+def test_parse_record_rows_reads_only_episode_lines() -> None:
+    text = (
+        "record: graph record_sim_aloha on ROS_DOMAIN_ID=130\n"
+        '[1/2] {"episode": "episode_0000", "seed": 1, "success": true}\n'
+        "some log line [x/y] {}\n"
+        '[2/2] {"episode": "episode_0001", "seed": 2, "success": false}\n'
+        "success 1/2; quality ok 0/2\n"
+    )
+    rows = parse_record_rows(text)
+    assert [(r["episode"], r["success"]) for r in rows] == [
+        ("episode_0000", True), ("episode_0001", False)
+    ]  # fmt: skip
+
+
+def _stage(name: str, done: bool) -> Stage:
+    return Stage(name, lambda: done, [name], Path(f"{name}.log"))
+
+
+def test_stale_after_reruns_from_the_first_unfinished_stage() -> None:
+    flags = [True, True, False, True, True]
+    assert stale_after([_stage(str(i), d) for i, d in enumerate(flags)]) == [
+        False, False, True, True, True
+    ]  # fmt: skip
+    assert stale_after([_stage("a", True), _stage("b", True)]) == [False, False]
+    assert stale_after([_stage("a", False), _stage("b", True)]) == [True, True]
+
+
+def test_demo_stages_reuse_what_the_output_folder_holds(tmp_path: Path) -> None:
+    cfg = DemoConfig(steps=100)
+    names = [s.name for s in demo_stages(tmp_path, cfg)]
+    assert names == ["record", "dataset", "train", "export", "eval"]
+    assert stale_after(demo_stages(tmp_path, cfg)) == [True] * 5
+
+    (tmp_path / "demos_ok").mkdir()
+    (tmp_path / "demos_ok" / "record.json").write_text("[]")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "dataset.json").write_text("{}")
+    assert stale_after(demo_stages(tmp_path, cfg)) == [False, False, True, True, True]
+
+    # a training run stopped half way is resumed, not restarted
+    state = tmp_path / "run" / "checkpoints" / "last" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"step": 40}))
+    train = {s.name: s for s in demo_stages(tmp_path, cfg)}["train"]
+    assert not train.done() and "--resume" in train.command
+    state.write_text(json.dumps({"step": 100}))
+    (tmp_path / "run" / "policy").mkdir()
+    (tmp_path / "run" / "policy" / "policy_card.json").write_text("{}")
+    assert stale_after(demo_stages(tmp_path, cfg)) == [False, False, False, False, True]
+
+
+def test_link_successful_keeps_only_successful_demos(tmp_path: Path) -> None:
+    demos = tmp_path / "demos"
+    for name in ("episode_0000", "episode_0001", "episode_0002"):
+        (demos / name).mkdir(parents=True)
+        (demos / name / "metadata.yaml").write_text(name)
+    rows = [
+        {"episode": "episode_0000", "success": True},
+        {"episode": "episode_0001", "success": False},
+        {"episode": "episode_0002", "success": True},
+        {"episode": "episode_0003", "success": True},  # in the log, but no bag was kept
+    ]
+    assert link_successful(demos, rows, tmp_path / "ok") == 2
+    kept = sorted(p.name for p in (tmp_path / "ok").iterdir())
+    assert kept == ["episode_0000", "episode_0002"]
+    assert (tmp_path / "ok" / "episode_0002" / "metadata.yaml").read_text() == "episode_0002"
+    assert link_successful(demos, rows[1:2], tmp_path / "ok") == 0  # rebuilt, not appended
+    assert list((tmp_path / "ok").iterdir()) == []
+
+
+def test_dataset_config_feeds_only_what_the_robot_has() -> None:
+    cfg = DatasetConfig.from_json(dataset_config((96, 128)))
+    assert cfg.image_hw == (96, 128)
+    topics = [s.topic for s in (*cfg.state, *cfg.action, *cfg.cameras)]
+    assert not any("leader" in t for t in topics)
+    assert [s.topic for s in cfg.action] == ["/left/commands", "/right/commands"]
+
+
+def test_policy_arms_follow_the_card_joint_order() -> None:
+    arms = {a.name: list(a.joints) for a in get_scene("aloha_transfer_cube").arms}
+    assert policy_arms({"joint_names": arms["left"] + arms["right"]},
+                       "aloha_transfer_cube") == ["left", "right"]  # fmt: skip
+    assert policy_arms({"joint_names": arms["right"]}, "aloha_transfer_cube") == ["right"]
+    with pytest.raises(ValueError, match="not whole arms"):
+        policy_arms({"joint_names": arms["left"][:3]}, "aloha_transfer_cube")
+
+
+def test_write_video_keeps_every_frame_enlarged(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frames = [np.full((48, 64, 3), 10 * i, np.uint8) for i in range(12)]
+    frames[5] = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    path = write_video(frames, tmp_path / "v" / "ep.avi", fps=30.0)
+    cap = cv2.VideoCapture(str(path))
+    read = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        read.append(frame)
+    cap.release()
+    assert len(read) == 12
+    assert read[0].shape == (240, 320, 3)  # 48 → 240 rows: 5x, nearest pixel
+    # grey levels survive MJPEG within a few counts
+    assert abs(float(read[7].mean()) - 70) < 4 and abs(float(read[2].mean()) - 20) < 4
+    with pytest.raises(ValueError):
+        write_video([], tmp_path / "empty.avi", fps=30.0)
+
+
+def test_plot_joints_writes_a_png(tmp_path: Path) -> None:
+    t = np.linspace(0, 2, 50)
+    meas = [(1000 + s, np.array([np.sin(s), np.cos(s)])) for s in t]
+    cmds = [(1000 + s, np.array([np.sin(s), 0.5])) for s in t[::2]]
+    path = plot_joints({"right": (["a", "b"], meas, cmds), "left": (["c", "d"], [], [])},
+                       tmp_path / "p.png", title="ep")  # fmt: skip
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    img = cv2.imread(str(path))
+    assert img.shape[0] > img.shape[1] / 2  # two panels stacked
