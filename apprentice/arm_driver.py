@@ -15,7 +15,6 @@ import numpy as np
 
 from apprentice.robot_io import Arm, ArmSpec, JointReading
 
-
 LIMIT_TOLERANCE = 1e-6  # rad or m
 
 
