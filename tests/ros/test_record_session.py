@@ -28,9 +28,21 @@ NOMINAL = {  # Hz
 def test_three_scripted_transfer_cube_episodes(tmp_path) -> None:
     dataset = tmp_path / "demos"
     out = subprocess.run(
-        [sys.executable, "-m", "apprentice", "record", "--episodes", "3",
-         "--dataset", str(dataset), "--domain", os.environ["ROS_DOMAIN_ID"]],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "apprentice",
+            "record",
+            "--episodes",
+            "3",
+            "--dataset",
+            str(dataset),
+            "--domain",
+            os.environ["ROS_DOMAIN_ID"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     entries = DatasetIndex(dataset).list()
