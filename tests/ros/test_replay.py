@@ -346,9 +346,14 @@ def test_replay_reproduces_a_recorded_episode(tmp_path) -> None:
     while cap.read()[0]:
         decoded += 1
     assert decoded == report["video"]["frames"]
-    assert decoded == pytest.approx(rendered, rel=0.10), (decoded, rendered)
     nominal = 30 * (end - start)
-    assert rendered > 0.5 * nominal, f"the sim rendered {rendered} of {nominal:.0f} frames"
+    assert decoded > 0.5 * nominal, f"the video has {decoded} of {nominal:.0f} frames"
+    if camera_stamps.size and camera_stamps.min() <= start:
+        # The watcher saw the whole window: the video holds every frame rendered in it.
+        assert decoded == pytest.approx(rendered, rel=0.10), (decoded, rendered)
+    else:
+        # The watcher's discovery finished inside the window: it saw only part of it.
+        assert decoded >= rendered, (decoded, rendered)
 
 
 def _run_watching_camera(cmd: list[str], timeout: float) -> tuple[int, str, np.ndarray]:
