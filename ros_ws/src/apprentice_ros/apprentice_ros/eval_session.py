@@ -39,6 +39,7 @@ from std_srvs.srv import Trigger
 
 from apprentice.pipeline import plot_joints, write_video
 from apprentice_ros.conversions import from_time, image_to_array
+from apprentice_ros.runtime import call_trigger
 
 SETTLE_S = 0.5  # after a reset, objects drop onto the table
 HOME_S = 1.0  # commanding home before a reset: the arms let go of what they hold
@@ -116,18 +117,10 @@ class EvalSession(Node):
             self.commands[arm].append((now, np.asarray(msg.data)))
 
     def call(self, client, timeout: float = 30.0) -> dict:
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {client.srv_name} is not available")
-        future = client.call_async(Trigger.Request())
-        end = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > end:
-                raise RuntimeError(f"service {client.srv_name} did not answer")
-            time.sleep(0.01)
-        res = future.result()
-        if not res.success:
-            raise RuntimeError(f"{client.srv_name}: {res.message}")
-        return json.loads(res.message) if res.message.startswith("{") else {}
+        ok, message = call_trigger(client, timeout)
+        if not ok:
+            raise RuntimeError(f"{client.srv_name}: {message}")
+        return json.loads(message) if message.startswith("{") else {}
 
     def reset_sim(self) -> dict:
         return self.call(self._reset)

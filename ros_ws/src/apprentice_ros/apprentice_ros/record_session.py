@@ -29,6 +29,7 @@ from std_srvs.srv import Trigger
 
 from apprentice.timing import RateLoop
 from apprentice_ros.conversions import to_time
+from apprentice_ros.runtime import call_trigger
 
 LEADER_RATE_HZ = 100.0  # what a leader arm driver publishes
 SETTLE_S = 0.5  # after a reset, objects drop onto the table
@@ -56,19 +57,10 @@ class Session(Node):
         self.success = msg.data
 
     def call(self, name: str, timeout: float = 30.0) -> dict:
-        client = self.trigger_clients[name]
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {client.srv_name} is not available")
-        future = client.call_async(Trigger.Request())
-        end = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > end:
-                raise RuntimeError(f"service {client.srv_name} did not answer")
-            time.sleep(0.01)
-        res = future.result()
-        info = json.loads(res.message) if res.message.startswith("{") else {"message": res.message}
-        if not res.success:
-            raise RuntimeError(f"{client.srv_name}: {info}")
+        ok, message = call_trigger(self.trigger_clients[name], timeout)
+        info = json.loads(message) if message.startswith("{") else {"message": message}
+        if not ok:
+            raise RuntimeError(f"{self.trigger_clients[name].srv_name}: {info}")
         return info
 
     def set_episode_info(self, info: dict[str, object], timeout: float = 10.0) -> None:

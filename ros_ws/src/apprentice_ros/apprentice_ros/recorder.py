@@ -25,7 +25,6 @@ import json
 import math
 import time
 
-import rclpy
 import yaml
 from rclpy.experimental import EventsExecutor
 from rclpy.node import Node
@@ -35,7 +34,7 @@ from std_srvs.srv import Trigger
 from apprentice.recording import STAMPED_TYPES, TopicSpec, WriterConfig
 from apprentice.recording.recorder import RecordedTopic, Recorder
 from apprentice_ros.params import declare
-from apprentice_ros.runtime import init
+from apprentice_ros.runtime import init, spin_nodes
 
 QUEUE_S = 2.0  # s of messages a subscription queue holds at the topic's nominal rate
 MIN_DEPTH = 100
@@ -215,30 +214,11 @@ class RecorderNode(Node):
         super().destroy_node()
 
 
-def spin(node: Node) -> None:
-    """spin_nodes (apprentice_ros.runtime) with rclpy's EventsExecutor: the recorder's load is
-    hundreds of small callbacks a second, where the SingleThreadedExecutor's Python wait loop
-    costs as much CPU as the recording itself. Same shutdown order: executor, node (finalizes
-    the episode), context."""
-    executor = EventsExecutor()
-    executor.add_node(node)
-    try:
-        # spin_once with a timeout: Python runs our SIGINT/SIGTERM handler (KeyboardInterrupt)
-        # only when the executor returns from C++.
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-
-
 def main(args: list[str] | None = None) -> None:
     init(args)
-    spin(RecorderNode())
+    # EventsExecutor: the recorder's load is hundreds of small callbacks a second, where the
+    # SingleThreadedExecutor's Python wait loop costs as much CPU as the recording itself.
+    spin_nodes([RecorderNode()], executor=EventsExecutor())
 
 
 if __name__ == "__main__":

@@ -9,12 +9,29 @@ context goes.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.client import Client
+from rclpy.executors import Executor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
+from std_srvs.srv import Trigger
+
+
+def call_trigger(client: Client, timeout: float = 30.0) -> tuple[bool, str]:
+    """Calls a std_srvs/Trigger service from a thread other than the one spinning the node."""
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise RuntimeError(f"service {client.srv_name} is not available")
+    future = client.call_async(Trigger.Request())
+    end = time.monotonic() + timeout
+    while not future.done():
+        if time.monotonic() > end:
+            raise RuntimeError(f"service {client.srv_name} did not answer")
+        time.sleep(0.01)
+    res = future.result()
+    return res.success, res.message
 
 
 def init(args: list[str] | None = None) -> None:
@@ -26,11 +43,17 @@ def init(args: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
-def spin_nodes(nodes: list[Node], on_exit: Callable[[], None] | None = None) -> None:
-    """Spins nodes until Ctrl-C / SIGTERM, then shuts everything down in order."""
-    # Single-threaded: every callback here is short, and rclpy's multi-threaded executor costs
-    # about twice the CPU per message. Time-critical loops run on threads of their own.
-    executor = SingleThreadedExecutor()
+def spin_nodes(
+    nodes: list[Node],
+    on_exit: Callable[[], None] | None = None,
+    executor: Executor | None = None,
+) -> None:
+    """Spins nodes until Ctrl-C / SIGTERM, then shuts everything down in order: executor,
+    nodes (each stops its threads), on_exit, context."""
+    # Single-threaded by default: every callback here is short, and rclpy's multi-threaded
+    # executor costs about twice the CPU per message. Time-critical loops have threads of
+    # their own.
+    executor = executor or SingleThreadedExecutor()
     for node in nodes:
         executor.add_node(node)
     try:
