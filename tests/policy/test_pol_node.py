@@ -24,6 +24,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
 
 from apprentice.graph import GraphRunner, load_graph, write_params_file
 from apprentice.learning.act.config import ActConfig
@@ -306,3 +307,34 @@ def test_stopped_camera_holds_within_one_tick(policy_node, tester) -> None:
     tester.spin(0.5)
     assert not _all_equal([q for _, q in tester.commands])
     assert _stats(tester)["mode"] == "running"
+
+
+def test_trajectory_output_for_joint_trajectory_controller(policy_dir, tester, tmp_path) -> None:
+    """output: trajectory — each tick a time-stamped chunk: this tick's command, then the plan."""
+    msgs: list[JointTrajectory] = []
+    sub = tester.node.create_subscription(
+        JointTrajectory, "/right/joint_trajectory", msgs.append, 50
+    )
+    proc, log = _start(_params(policy_dir, output="trajectory"), tmp_path, "trajectory")
+    try:
+        deadline = time.monotonic() + 30
+        while not msgs and time.monotonic() < deadline and proc.poll() is None:
+            tester.spin(0.05)
+        assert msgs, f"no trajectory from the policy node:\n{log.read_text()}"
+        msgs.clear()
+        tester.spin(1.0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(15)
+        tester.node.destroy_subscription(sub)
+    assert code == 0, log.read_text()
+    assert len(msgs) > 20  # ~50 Hz
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in msgs]
+    assert np.all(np.diff(stamps) > 0)
+    for m in msgs:
+        assert len(m.joint_names) == len(LOWER) and len(m.points) > 1
+        t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in m.points]
+        assert t[0] == 0.0 and np.all(np.diff(t) > 0)  # the command now, then the plan ahead
+        q = np.array([p.positions for p in m.points])
+        assert np.all(np.isfinite(q)) and np.all(q >= np.array(LOWER) - 1e-9)
+        assert np.all(q <= np.array(UPPER) + 1e-9)
