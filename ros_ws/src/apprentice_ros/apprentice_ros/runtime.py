@@ -3,12 +3,16 @@
 rclpy's own signal handler invalidates the context the moment SIGINT arrives, while our
 publisher threads may still be publishing ("publisher's context is invalid"). We take SIGINT
 and SIGTERM ourselves instead: the executor stops, each node stops its threads, then the
-context goes.
+context goes. While spinning, a signal only sets a flag that the spin loop checks every 0.1 s:
+an exception raised by the handler inside an rclpy call (taking a message) surfaces as a
+RuntimeError from pybind11, not a KeyboardInterrupt, and the process would exit 1. Before
+spinning (start-up), a signal raises KeyboardInterrupt as usual.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -34,13 +38,20 @@ def call_trigger(client: Client, timeout: float = 30.0) -> tuple[bool, str]:
     return res.success, res.message
 
 
-def init(args: list[str] | None = None) -> None:
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+_stop_requested = threading.Event()
+_spinning = threading.Event()
 
-    def _interrupt(_signum, _frame):
+
+def _on_signal(_signum, _frame) -> None:
+    _stop_requested.set()
+    if not _spinning.is_set():
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _interrupt)
+
+def init(args: list[str] | None = None) -> None:
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
 
 
 def spin_nodes(
@@ -56,12 +67,13 @@ def spin_nodes(
     executor = executor or SingleThreadedExecutor()
     for node in nodes:
         executor.add_node(node)
+    _spinning.set()
     try:
         # spin_once with a timeout, not spin(): the executor waits in C, and Python runs our
         # SIGINT/SIGTERM handler only when it returns; a node with no timers would never stop.
-        while rclpy.ok():
+        while rclpy.ok() and not _stop_requested.is_set():
             executor.spin_once(timeout_sec=0.1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a signal that came before _spinning was set
         pass
     finally:
         executor.shutdown()
