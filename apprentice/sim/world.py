@@ -144,7 +144,12 @@ class MujocoWorld:
         mono0 = time.monotonic() - self.data.time
         self._epoch = time.time() - self.data.time
         while self._running.is_set():
-            behind = (time.monotonic() - mono0) - self.data.time
+            # Under the lock: reset() on another thread zeroes data.time for a moment (it keeps
+            # time going by restoring it), and an unlocked read there once looked like a
+            # 30 s lag, then like 30 s ahead — and the physics slept for 30 s.
+            with self.lock:
+                sim_time = self.data.time
+            behind = (time.monotonic() - mono0) - sim_time
             if behind > self.max_lag:
                 # Too slow to catch up without a burst of physics: skip the lost time.
                 mono0 += behind
@@ -154,7 +159,7 @@ class MujocoWorld:
             n = int(behind / dt)
             if n > 0:
                 self.step(n)
-            time.sleep(max(0.0, dt - (behind - n * dt)))
+            time.sleep(min(dt, max(0.0, dt - (behind - n * dt))))  # never more than a step
 
     # --- devices -------------------------------------------------------------------------
     @property

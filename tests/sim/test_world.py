@@ -153,3 +153,29 @@ def test_divergence_starts_a_fresh_episode_and_time_keeps_going() -> None:
     assert world.sim_time > t
     assert np.all(np.isfinite(world.data.qpos))
     np.testing.assert_allclose(world.arm("arm").read().position, world.arm("arm").defn.home)
+
+
+def test_resets_from_another_thread_never_stall_the_physics() -> None:
+    """A /sim/reset arrives on the executor's thread while physics runs on its own: the
+    pacing thread must not mistake the reset's moment of time 0 for a lag (it once slept
+    for the whole elapsed sim time)."""
+    import threading
+
+    world = MujocoWorld("aloha_transfer_cube", seed=0)
+    world.start()
+    stop = threading.Event()
+
+    def resetter() -> None:
+        while not stop.is_set():
+            world.reset(world.seed + 1)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=resetter)
+    t0 = world.sim_time
+    thread.start()
+    time.sleep(3.0)
+    stop.set()
+    thread.join()
+    world.stop()
+    assert world.sim_time - t0 > 2.6
+    assert world.stats["resyncs"] == 0
