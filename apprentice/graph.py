@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,28 @@ def write_params_file(params: dict[str, Any], folder: Path, label: str) -> Path:
     return path
 
 
+def stop_processes(
+    procs: Sequence[subprocess.Popen[Any]], timeout: float = 10.0, first: int = signal.SIGINT
+) -> list[int | None]:
+    """Stops child processes together: `first` (SIGINT = Ctrl-C, a clean shutdown; SIGTERM for
+    processes that handle that), then SIGTERM after `timeout` s, then SIGKILL after 3 s more.
+    Always reaps them (no zombies); returns their exit codes."""
+    steps = [(first, timeout)] + [(s, 3.0) for s in (signal.SIGTERM, signal.SIGKILL) if s != first]
+    for sig, grace in steps:
+        alive = [p for p in procs if p.poll() is None]
+        if not alive:
+            break
+        for p in alive:
+            p.send_signal(sig)
+        deadline = time.monotonic() + grace
+        for p in alive:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    return [p.returncode for p in procs]
+
+
 class GraphRunner:
     """Starts a graph's processes here (no ROS launch tools) and stops them all together."""
 
@@ -139,18 +162,7 @@ class GraphRunner:
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGINT (clean shutdown), then SIGTERM, then SIGKILL for whatever is left."""
-        for sig, grace in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-            alive = [p for _, p in self.procs if p.poll() is None]
-            if not alive:
-                break
-            for p in alive:
-                p.send_signal(sig)
-            deadline = time.monotonic() + grace
-            for p in alive:
-                try:
-                    p.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
+        stop_processes([p for _, p in self.procs], timeout)
         self._tmp.cleanup()
         codes = [p.returncode for _, p in self.procs]
         # -SIGINT / 0 are clean stops; anything else is reported.

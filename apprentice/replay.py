@@ -24,16 +24,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import yaml
-from rosbags.highlevel import AnyReader
 
+from apprentice.dataset.bag import EpisodeBag, JointSeries
+from apprentice.dataset.config import BOOL, FLOAT64_ARRAY, IMAGE, JOINT_STATE
 from apprentice.graph import Graph
 from apprentice.resample import asof_indices, control_grid
 
-FLOAT64_ARRAY = "std_msgs/msg/Float64MultiArray"
-JOINT_STATE = "sensor_msgs/msg/JointState"
-IMAGE = "sensor_msgs/msg/Image"
-BOOL = "std_msgs/msg/Bool"
 SUCCESS_TOPIC = "/sim/success"
 
 # One namespace segment: /left/joint_states is a follower, /leader/left/joint_states is not.
@@ -42,14 +38,8 @@ _JOINTS = re.compile(r"^/([^/]+)/joint_states$")
 _CAMERA = re.compile(r"^/cameras/([^/]+)/image_raw$")
 
 
-@dataclass(frozen=True)
-class Series:
-    """One stream: stamps (N,) s since the epoch, ascending; values (N, J); the names of the J
-    columns (JointState only)."""
-
-    stamps: np.ndarray
-    values: np.ndarray
-    names: tuple[str, ...] = ()
+# One stream: stamps (N,) s since the epoch, ascending; values (N, J); column names (JointState).
+Series = JointSeries
 
 
 @dataclass(frozen=True)
@@ -82,64 +72,35 @@ class Episode:
         return bool(np.any(self.success.values[after, 0] > 0))
 
 
-def read_custom_data(bag: str | Path) -> dict[str, str]:
-    """custom_data of a rosbag2 bag folder (metadata.yaml); {} when it has none."""
-    info = yaml.safe_load((Path(bag) / "metadata.yaml").read_text())
-    return dict(info["rosbag2_bagfile_information"].get("custom_data") or {})
-
-
 def read_episode(bag: str | Path) -> Episode:
-    """The streams a replay needs from an episode bag; camera sizes from each first image."""
-    bag = Path(bag)
-    stamps: dict[str, list[float]] = {}
-    values: dict[str, list[np.ndarray]] = {}
-    names: dict[str, tuple[str, ...]] = {}
-    cameras: dict[str, tuple[int, int]] = {}
-    with AnyReader([bag]) as reader:
-        wanted = [
-            c
-            for c in reader.connections
-            if (c.msgtype == FLOAT64_ARRAY and _COMMANDS.match(c.topic))
-            or (c.msgtype == JOINT_STATE and _JOINTS.match(c.topic))
-            or (c.msgtype == BOOL and c.topic == SUCCESS_TOPIC)
-        ]
-        for conn, log_ns, raw in reader.messages(connections=wanted):
-            msg = reader.deserialize(raw, conn.msgtype)
-            if conn.msgtype == JOINT_STATE:
-                stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-                row = np.asarray(msg.position, dtype=float)
-                known = names.setdefault(conn.topic, tuple(msg.name))
-                if tuple(msg.name) != known or row.shape != (len(known),):
-                    raise ValueError(f"{bag}: {conn.topic}: joint names or sizes change")
-            elif conn.msgtype == BOOL:
-                stamp, row = log_ns * 1e-9, np.array([float(msg.data)])
-            else:
-                stamp, row = log_ns * 1e-9, np.asarray(msg.data, dtype=float)
-            stamps.setdefault(conn.topic, []).append(stamp)
-            values.setdefault(conn.topic, []).append(row)
-        for conn in reader.connections:
-            m = _CAMERA.match(conn.topic)
-            if m and conn.msgtype == IMAGE and m[1] not in cameras:
-                for c, _t, raw in reader.messages(connections=[conn]):
-                    img = reader.deserialize(raw, c.msgtype)
-                    cameras[m[1]] = (int(img.height), int(img.width))
-                    break
+    """The streams a replay needs from an episode bag (read, CRC-checked, by the dataset's
+    reader); camera sizes from each first image."""
+    eb = EpisodeBag(bag)
 
-    def series(topic: str) -> Series:
-        if len({v.shape for v in values[topic]}) != 1:
-            raise ValueError(f"{bag}: {topic}: messages of different lengths")
-        t = np.asarray(stamps[topic])
-        # Header stamps may be slightly out of log order; the as-of rule needs them sorted.
-        order = np.argsort(t, kind="stable")
-        return Series(t[order], np.stack(values[topic])[order], names.get(topic, ()))
+    def kind(topic: str, msgtype: str) -> str | None:
+        if msgtype == FLOAT64_ARRAY and _COMMANDS.match(topic):
+            return "commands"
+        if msgtype == JOINT_STATE and _JOINTS.match(topic):
+            return "joints"
+        if msgtype == BOOL and topic == SUCCESS_TOPIC:
+            return "success"
+        if msgtype == IMAGE and _CAMERA.match(topic):
+            return "camera"
+        return None
+
+    kinds = {t: k for t, ty in eb.topics.items() if eb.counts.get(t) and (k := kind(t, ty))}
+    series, _ = eb.read([t for t, k in kinds.items() if k != "camera"], [], (1, 1))
+
+    def arm_streams(which: str, pattern: re.Pattern[str]) -> dict[str, Series]:
+        return {pattern.match(t)[1]: series[t] for t, k in kinds.items() if k == which}  # type: ignore[index]
 
     return Episode(
-        path=bag,
-        custom_data=read_custom_data(bag),
-        commands={m[1]: series(t) for t in stamps if (m := _COMMANDS.match(t))},
-        joints={m[1]: series(t) for t in stamps if (m := _JOINTS.match(t))},
-        cameras=cameras,
-        success=series(SUCCESS_TOPIC) if SUCCESS_TOPIC in stamps else None,
+        path=eb.path,
+        custom_data=eb.custom_data,
+        commands=arm_streams("commands", _COMMANDS),
+        joints=arm_streams("joints", _JOINTS),
+        cameras={_CAMERA.match(t)[1]: eb.image_hw(t) for t, k in kinds.items() if k == "camera"},  # type: ignore[index]
+        success=series.get(SUCCESS_TOPIC),
     )
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from apprentice.graph import stop_processes
 from apprentice.transport import isolated_domain_id, ros_env
 
 
@@ -307,17 +308,6 @@ def _child_command(
     ]  # fmt: skip
 
 
-def _stop(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM, then SIGKILL after `timeout` s; always reaps the child (no zombies)."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     """Runs one case in fresh processes on a fresh ROS_DOMAIN_ID; returns its measurements."""
     env = ros_env(isolated_domain_id(), shm=case.shm)
@@ -348,12 +338,12 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
             for p in pubs:
                 p.wait(max(0.1, deadline - time.monotonic()))
             time.sleep(DRAIN_S)
-            _stop(sub, timeout=10.0)
+            stop_processes([sub], 10.0, first=signal.SIGTERM)
         except subprocess.TimeoutExpired as e:
             raise RuntimeError(f"case {case.name}: a publisher did not finish in time") from e
         finally:
             for _, p, _ in procs:
-                _stop(p, timeout=5.0)
+                stop_processes([p], 5.0, first=signal.SIGTERM)
 
         children = {}
         for name, p, result in procs:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from apprentice.graph import stop_processes
 from apprentice.transport import isolated_domain_id, ros_env
 
 H, W = 96, 128  # camera images, pixels (the cpu_preset input size)
@@ -139,8 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rclpy.spin_until_future_complete(node, fut, timeout_sec=10)
         stats = json.loads(fut.result().message)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(15)
+        stop_processes([proc], 15.0)
         node.destroy_node()
         rclpy.shutdown()
         runner.stop()

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from apprentice.graph import stop_processes
 from apprentice.transport import isolated_domain_id, ros_env
 
 CAMERA_HZ = 30.0
@@ -297,17 +298,6 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _stop(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM, then SIGKILL after `timeout` s; always reaps the child."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _call(node: Any, srv: str, timeout: float = 60.0) -> dict[str, Any]:
     import rclpy
     from std_srvs.srv import Trigger
@@ -439,8 +429,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         rss = {k: peak_rss_mib(p) for k, p in watched.items()}
         load_after = os.getloadavg()
 
-        _stop(procs["baseline0"], timeout=15.0)
-        _stop(procs["recorder"], timeout=15.0)  # SIGTERM: 0 when it shut down cleanly
+        stop_processes([procs["baseline0"]], 15.0, first=signal.SIGTERM)
+        # SIGTERM: 0 when it shut down cleanly
+        stop_processes([procs["recorder"]], 15.0, first=signal.SIGTERM)
         baseline_counts = json.loads((tmp / "baseline0.json").read_text())
         pub_results = {n: json.loads((tmp / f"{n}.json").read_text()) for n in pubs}
         bag = bag_stats(dataset / started["episode"])
@@ -478,7 +469,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             if rclpy.ok():
                 rclpy.shutdown()
         for p in procs.values():
-            _stop(p, timeout=10.0)
+            stop_processes([p], 10.0, first=signal.SIGTERM)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -4,7 +4,7 @@ Every chunk read is CRC-checked (`mcap` SeekingReader, validate_crcs=True). Mess
 decoded with the rosbags Jazzy type store. Stamps, in s since the epoch:
   JointState, Image, CompressedImage: the header stamp, i.e. the time the sensor gave (the
       driver's read time, the camera's capture time);
-  Float64MultiArray (no header): the bag's log time, i.e. when the recorder received it.
+  Float64MultiArray, Bool (no header): the bag's log time, i.e. when the recorder received it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 from mcap.reader import SeekingReader
 from rosbags.typesys import Stores, get_typestore
 
-from apprentice.dataset.config import COMPRESSED_IMAGE, FLOAT64_ARRAY, IMAGE, JOINT_STATE
+from apprentice.dataset.config import BOOL, COMPRESSED_IMAGE, FLOAT64_ARRAY, IMAGE, JOINT_STATE
 from apprentice.dataset.images import decode_compressed, decode_raw, resize_chw
 
 _TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
@@ -30,12 +30,13 @@ class DatasetError(ValueError):
 
 @dataclass
 class JointSeries:
-    """One joint topic: stamps (N,) s, ascending; values (N, J); names of the J columns (None
-    for a Float64MultiArray, whose names come from another topic)."""
+    """One joint (or other numeric) topic: stamps (N,) s, ascending; values (N, J); names of the
+    J columns (None for a Float64MultiArray, whose names come from another topic; a Bool is one
+    column of 0/1)."""
 
     stamps: np.ndarray
     values: np.ndarray
-    names: tuple[str, ...] | None
+    names: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -131,7 +132,9 @@ class EpisodeBag:
         camera_topics: list[str],
         image_hw: tuple[int, int],
     ) -> tuple[dict[str, JointSeries], dict[str, ImageSeries]]:
-        """Decodes the given topics (types checked by `require` first) in one pass."""
+        """Decodes the given topics (types checked by `require` first) in one pass: joint
+        topics (JointState, Float64MultiArray, Bool) into series, cameras into frames resized to
+        `image_hw`."""
         wanted = set(joint_topics) | set(camera_topics)
         stamps: dict[str, list[float]] = {t: [] for t in wanted}
         values: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
@@ -146,9 +149,9 @@ class EpisodeBag:
                     topic = channel.topic
                     msgtype = schema.name if schema else ""
                     msg = _TYPESTORE.deserialize_cdr(message.data, msgtype)
-                    if msgtype == FLOAT64_ARRAY:
+                    if msgtype in (FLOAT64_ARRAY, BOOL):
                         stamps[topic].append(message.log_time * 1e-9)
-                        values[topic].append(np.asarray(msg.data, dtype=np.float64))
+                        values[topic].append(np.asarray(msg.data, dtype=np.float64).reshape(-1))
                         continue
                     stamp = msg.header.stamp
                     stamps[topic].append(stamp.sec + stamp.nanosec * 1e-9)
@@ -191,6 +194,15 @@ class EpisodeBag:
             frames = np.stack(values[t])[order]  # (N, 3, H, W)
             cameras[t] = ImageSeries(np.asarray(stamps[t])[order], frames, source_hw[t])
         return joints, cameras
+
+    def image_hw(self, topic: str) -> tuple[int, int]:
+        """(height, width) of the first message of a sensor_msgs/Image topic."""
+        self.require(topic, (IMAGE,))
+        with open(self.mcap_path, "rb") as f:
+            for _, _, message in SeekingReader(f).iter_messages(topics=[topic]):
+                msg = _TYPESTORE.deserialize_cdr(message.data, IMAGE)
+                return int(msg.height), int(msg.width)
+        raise DatasetError(f"{self.mcap_path}: topic {topic} has no messages")
 
     def _joint_positions(
         self, topic: str, msg, names: dict[str, tuple[str, ...] | None]

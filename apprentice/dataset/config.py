@@ -45,6 +45,7 @@ JOINT_STATE = "sensor_msgs/msg/JointState"
 FLOAT64_ARRAY = "std_msgs/msg/Float64MultiArray"
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+BOOL = "std_msgs/msg/Bool"
 STATE_TYPES = (JOINT_STATE,)
 ACTION_TYPES = (FLOAT64_ARRAY, JOINT_STATE)
 CAMERA_TYPES = (IMAGE, COMPRESSED_IMAGE)

@@ -88,17 +88,28 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
+
+
 class ResNet18(nn.Module):
-    """ResNet-18 without avgpool/fc: (B, 3, H, W) → (B, 8·width, ⌈H/32⌉, ⌈W/32⌉).
+    """ResNet-18 without avgpool/fc: (B, 3, H, W) → (B, 8·width, ⌈H/s⌉, ⌈W/s⌉), s = 32.
 
     `width` 64 is the real ResNet-18 (11.2 M parameters); 16 or 32 are light CPU variants
     with the same keys and depth (their weights cannot come from torchvision).
+    `output_stride` 16 or 8 keeps layer4 (and layer3) at their input resolution (stride 1,
+    same weights and keys): small images then still give a grid of features fine enough to
+    say where a 4-pixel object is (96×128 → 12×16 cells at stride 8 instead of 3×4).
     """
 
-    def __init__(self, width: int = 64, norm: BackboneNorm = "frozen_bn"):
+    def __init__(self, width: int = 64, norm: BackboneNorm = "frozen_bn", output_stride: int = 32):
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+        self.output_stride = output_stride
+        # layer2..4 each halve the map until the stride is reached (conv1 + maxpool give 4)
+        halvings = {32: 3, 16: 2, 8: 1}[output_stride]
         make = make_norm(norm)
         self.out_channels = 8 * width
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
@@ -108,7 +119,7 @@ class ResNet18(nn.Module):
         widths = (width, 2 * width, 4 * width, 8 * width)
         c_in = width
         for i, c_out in enumerate(widths):
-            stride = 1 if i == 0 else 2
+            stride = 2 if 1 <= i <= halvings else 1
             layer = nn.Sequential(
                 BasicBlock(c_in, c_out, stride, make), BasicBlock(c_out, c_out, 1, make)
             )
@@ -116,9 +127,10 @@ class ResNet18(nn.Module):
             c_in = c_out
 
     @staticmethod
-    def feature_hw(height: int, width: int) -> tuple[int, int]:
-        """Output map size: five stride-2 stages (conv1, maxpool, layer2-4), each ⌊(n-1)/2⌋+1."""
-        for _ in range(5):
+    def feature_hw(height: int, width: int, output_stride: int = 32) -> tuple[int, int]:
+        """Output map size: log2(stride) stride-2 stages (conv1, maxpool, layer2-4 as far as
+        the stride goes), each ⌊(n-1)/2⌋+1."""
+        for _ in range(output_stride.bit_length() - 1):
             height, width = (height - 1) // 2 + 1, (width - 1) // 2 + 1
         return height, width
 
@@ -126,8 +138,8 @@ class ResNet18(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, w, H/4, W/4)
         x = self.layer1(x)  # (B, w, H/4, W/4)
         x = self.layer2(x)  # (B, 2w, H/8, W/8)
-        x = self.layer3(x)  # (B, 4w, H/16, W/16)
-        return self.layer4(x)  # (B, 8w, H/32, W/32)
+        x = self.layer3(x)  # (B, 4w, H/16, W/16) at stride ≥ 16, else H/8
+        return self.layer4(x)  # (B, 8w, H/s, W/s)
 
 
 def load_torchvision_weights(backbone: ResNet18, path: str | Path) -> None:

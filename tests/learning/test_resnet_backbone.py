@@ -50,12 +50,24 @@ def test_keys_and_shapes_match_torchvision_resnet18() -> None:
     assert n_params == 11_689_512 - 513_000
 
 
+@pytest.mark.parametrize("stride", [32, 16, 8])
 @pytest.mark.parametrize("hw", [(32, 32), (96, 128), (84, 84), (97, 45)])
-def test_feature_hw_matches_the_real_output(hw: tuple[int, int]) -> None:
-    net = ResNet18(4, "group_norm").eval()
+def test_feature_hw_matches_the_real_output(hw: tuple[int, int], stride: int) -> None:
+    net = ResNet18(4, "group_norm", output_stride=stride).eval()
     with torch.no_grad():
         out = net(torch.rand(1, 3, *hw))
-    assert tuple(out.shape) == (1, 32, *ResNet18.feature_hw(*hw))
+    assert tuple(out.shape) == (1, 32, *ResNet18.feature_hw(*hw, stride))
+    if hw == (96, 128):
+        assert out.shape[-2:] == (96 // stride, 128 // stride)
+
+
+def test_output_stride_keeps_the_weights_and_keys() -> None:
+    shapes = {k: v.shape for k, v in ResNet18(16, "group_norm").state_dict().items()}
+    for stride in (16, 8):
+        other = ResNet18(16, "group_norm", output_stride=stride).state_dict()
+        assert {k: v.shape for k, v in other.items()} == shapes
+    with pytest.raises(ValueError, match="output_stride"):
+        ResNet18(16, "group_norm", output_stride=4)
 
 
 def test_frozen_batchnorm_equals_batchnorm_in_eval_mode() -> None:

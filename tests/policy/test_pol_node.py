@@ -19,18 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-import torch
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
+from tiny_act import export_tiny_act
 from trajectory_msgs.msg import JointTrajectory
 
 from apprentice.graph import GraphRunner, load_graph, write_params_file
-from apprentice.learning.act.config import ActConfig
-from apprentice.learning.act.model import ActPolicy
-from apprentice.learning.export import export_onnx
-from apprentice.learning.normalize import NormStats
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -58,27 +54,10 @@ TICK = 1.0 / RATE
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = ActConfig(
-        state_dim=7, action_dim=7, n_cameras=2, image_hw=(H, W), chunk_size=20, d_model=32,
-        n_heads=4, dim_feedforward=64, n_encoder_layers=1, n_decoder_layers=1,
-        n_vae_encoder_layers=1, latent_dim=8, dropout=0.0, backbone_width=8,
-        backbone_norm="group_norm",
-    )  # fmt: skip
-    policy = ActPolicy(cfg)
-    rng = np.random.default_rng(0)
-    policy.normalizer.set_stats(
-        "state", NormStats.fit(HOME + 0.1 * rng.standard_normal((200, 7)), "mean_std")
-    )
     # actions centred 0.1-0.2 rad away from home: the arm has somewhere to go
     offset = np.array([0.2, 0.1, -0.1, 0.2, 0.1, 0.2, 0.0])
-    policy.normalizer.set_stats(
-        "action", NormStats.fit(HOME + offset + 0.05 * rng.standard_normal((200, 7)), "mean_std")
-    )
     folder = tmp_path_factory.mktemp("policy") / "act"
-    export_onnx(policy, folder, joint_names=JOINTS, camera_names=["top", "wrist"],
-                control_rate_hz=RATE, data_index_hash="sha256:test")  # fmt: skip
-    return folder
+    return export_tiny_act(folder, JOINTS, HOME, ["top", "wrist"], (H, W), offset, rate_hz=RATE)
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
+from tiny_act import export_tiny_act
 
-from apprentice.learning.act.config import ActConfig
-from apprentice.learning.act.model import ActPolicy
-from apprentice.learning.export import export_onnx
-from apprentice.learning.normalize import NormStats
 from apprentice.pipeline import add_subcommands
 from apprentice.sim.scenes import get_scene
 
@@ -30,25 +26,11 @@ H, W = 48, 64  # the card's camera size: the sim renders at it
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
     arms = get_scene("aloha_transfer_cube").arms
     joints = [j for a in arms for j in a.joints]
-    home = np.concatenate([a.home for a in arms])
-    cfg = ActConfig(
-        state_dim=14, action_dim=14, n_cameras=1, image_hw=(H, W), chunk_size=20, d_model=32,
-        n_heads=4, dim_feedforward=64, n_encoder_layers=1, n_decoder_layers=1,
-        n_vae_encoder_layers=1, latent_dim=8, dropout=0.0, backbone_width=8,
-        backbone_norm="group_norm",
-    )  # fmt: skip
-    policy = ActPolicy(cfg)
-    rng = np.random.default_rng(0)
-    for key in ("state", "action"):  # actions near home: the arms move a little
-        samples = home + 0.05 * rng.standard_normal((200, 14))
-        policy.normalizer.set_stats(key, NormStats.fit(samples, "mean_std"))
+    home = np.concatenate([a.home for a in arms])  # actions near home: the arms move a little
     folder = tmp_path_factory.mktemp("policy") / "act"
-    export_onnx(policy, folder, joint_names=joints, camera_names=["top"], control_rate_hz=50.0,
-                data_index_hash="sha256:test")  # fmt: skip
-    return folder
+    return export_tiny_act(folder, joints, home, ["top"], (H, W), spread=0.05)
 
 
 def _eval(argv: list[str]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apprentice.learning.backbone import BACKBONE_NORMS, BackboneNorm
+from apprentice.learning.backbone import BACKBONE_NORMS, OUTPUT_STRIDES, BackboneNorm
 from apprentice.learning.normalize import NORM_MODES, NormMode
 
 
@@ -28,6 +28,8 @@ class ActConfig:
     backbone_width: int = 64  # 64 = ResNet-18; 16/32 = light variants
     # frozen_bn with ImageNet weights (the paper); group_norm when training from scratch.
     backbone_norm: BackboneNorm = "frozen_bn"
+    # 32: the paper's ResNet-18 (480×640 → 15×20 image tokens). Small images need 8 or 16.
+    backbone_stride: int = 32
     state_norm: NormMode = "mean_std"
     action_norm: NormMode = "mean_std"
 
@@ -54,6 +56,8 @@ class ActConfig:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if self.backbone_norm not in BACKBONE_NORMS:
             raise ValueError(f"backbone_norm must be one of {BACKBONE_NORMS}")
+        if self.backbone_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"backbone_stride must be one of {OUTPUT_STRIDES}")
         if self.state_norm not in NORM_MODES or self.action_norm not in NORM_MODES:
             raise ValueError(f"state_norm and action_norm must be in {NORM_MODES}")
 

@@ -182,11 +182,11 @@ class ActPolicy(nn.Module):
             {"state": (cfg.state_dim, cfg.state_norm), "action": (cfg.action_dim, cfg.action_norm)}
         )
         # Image path: shared ResNet over cameras, 1x1 projection to d_model tokens.
-        self.backbone = ResNet18(cfg.backbone_width, cfg.backbone_norm)
+        self.backbone = ResNet18(cfg.backbone_width, cfg.backbone_norm, cfg.backbone_stride)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN)[:, None, None], False)
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD)[:, None, None], False)
         self.input_proj = nn.Conv2d(self.backbone.out_channels, d, 1)
-        fh, fw = ResNet18.feature_hw(*cfg.image_hw)
+        fh, fw = ResNet18.feature_hw(*cfg.image_hw, cfg.backbone_stride)
         self.register_buffer("image_pos", sine_embedding_2d(d, fh, fw), False)  # (fh·fw, D)
         self.camera_embed = nn.Parameter(torch.zeros(cfg.n_cameras, d))
         # CVAE encoder over [CLS, state, a_1..a_k] (training only).

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, Int32
 from std_srvs.srv import Trigger
 
+from apprentice.graph import stop_processes
 from apprentice.pipeline import plot_joints, write_video
 from apprentice_ros.conversions import from_time, image_to_array
 from apprentice_ros.runtime import call_trigger
@@ -141,17 +141,6 @@ def _start_policy(params: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
-def _stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
 def run_episode(
     node: EvalSession, index: int, a: argparse.Namespace, out: Path
 ) -> dict[str, object]:
@@ -171,7 +160,7 @@ def run_episode(
     while node.first_command is None and proc.poll() is None and time.monotonic() < end:
         time.sleep(0.01)
     if node.first_command is None:
-        code = _stop(proc)
+        (code,) = stop_processes([proc], STOP_TIMEOUT_S)
         raise RuntimeError(f"{name}: the policy node sent no command (exit {code}); see {log}")
     node.recording = True
     t0 = time.monotonic()
@@ -180,7 +169,7 @@ def run_episode(
     node.recording = False
     ran = time.monotonic() - t0  # s
     stats = node.policy_stats()
-    code = _stop(proc)
+    (code,) = stop_processes([proc], STOP_TIMEOUT_S)
     if not node.success:
         raise RuntimeError(f"{name}: no /sim/success message while the policy ran")
     inference = stats.get("inference_s", {})

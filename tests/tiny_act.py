@@ -1,0 +1,48 @@
+"""A tiny randomly initialized ACT exported to ONNX, for tests of the machinery around policies
+(policy node, eval): it runs in milliseconds and does not solve any task. Importable from every
+test folder (tests/ is on sys.path through tests/conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apprentice.learning.act.config import ActConfig
+from apprentice.learning.act.model import ActPolicy
+from apprentice.learning.export import export_onnx
+from apprentice.learning.normalize import NormStats
+
+
+def export_tiny_act(
+    folder: Path,
+    joints: Sequence[str],
+    home: np.ndarray,
+    cameras: Sequence[str],
+    image_hw: tuple[int, int],
+    action_offset: np.ndarray | None = None,
+    spread: float = 0.05,
+    rate_hz: float = 50.0,
+) -> Path:
+    """Exports into `folder`. Normalization stats are fitted to samples around `home` (state,
+    spread 2×) and `home + action_offset` (actions), so outputs land near there."""
+    torch.manual_seed(0)
+    n = len(joints)
+    cfg = ActConfig(
+        state_dim=n, action_dim=n, n_cameras=len(cameras), image_hw=image_hw, chunk_size=20,
+        d_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=1, n_decoder_layers=1,
+        n_vae_encoder_layers=1, latent_dim=8, dropout=0.0, backbone_width=8,
+        backbone_norm="group_norm",
+    )  # fmt: skip
+    policy = ActPolicy(cfg)
+    rng = np.random.default_rng(0)
+    offset = np.zeros(n) if action_offset is None else np.asarray(action_offset)
+    state = home + 2 * spread * rng.standard_normal((200, n))
+    action = home + offset + spread * rng.standard_normal((200, n))
+    policy.normalizer.set_stats("state", NormStats.fit(state, "mean_std"))
+    policy.normalizer.set_stats("action", NormStats.fit(action, "mean_std"))
+    export_onnx(policy, folder, joint_names=list(joints), camera_names=list(cameras),
+                control_rate_hz=rate_hz, data_index_hash="sha256:test")  # fmt: skip
+    return folder
