@@ -519,7 +519,9 @@ def _load_run_config(run_dir: Path) -> TrainConfig:
 
 
 def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
-    """The saved config of a run, with `changes` (e.g. steps=, num_workers=, device=)."""
+    """The saved config of a run, with `changes` (e.g. steps=, num_workers=, device=). The run
+    continues in `run_dir`, wherever it was first trained (a copied or moved run folder)."""
+    changes = {"out": str(run_dir), **changes}
     return dataclasses.replace(_load_run_config(Path(run_dir)), **changes)
 
 

@@ -4,6 +4,7 @@ the losses of an uninterrupted run (same batches, same RNG, same optimizer and E
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -77,6 +78,21 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(cache, tmp_path) -> No
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["loss"] > 0
     with pytest.raises(FileExistsError):
         train(cfg, progress=False)  # an existing run is never overwritten silently
+
+
+def test_a_copied_run_resumes_in_the_copy(cache, tmp_path) -> None:
+    cfg = TrainConfig(
+        policy="act", data=str(cache.root), out=str(tmp_path / "run"), preset="cpu", steps=3,
+        batch_size=2, log_every=1, val_every=100, policy_overrides=TINY["act"],
+    )  # fmt: skip
+    train(cfg, until=2, progress=False)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    result = train(resume_config(tmp_path / "copy"), resume=True, progress=False)
+    assert result.step == 3
+    assert [r["step"] for r in read_metrics(tmp_path / "copy")] == [1, 2, 3]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]  # the original untouched
+    state = json.loads((tmp_path / "run/checkpoints/last/state.json").read_text())
+    assert state["step"] == 2
 
 
 def test_step_batches_depend_only_on_seed_and_step() -> None:
