@@ -167,22 +167,39 @@ def _read_episode(
             cols.append(_select(bag, spec, s, names_of(spec.topic))[idx])  # (T, J)
         return np.concatenate(cols, axis=1)
 
+    state, action = rows(resolved.state), rows(resolved.action)
+    cam_idx = [
+        _resample(bag, cam.topic, images[cam.topic].stamps, grid, cam.max_age_s)
+        for cam in cfg.cameras
+    ]
+    first = idle_start_steps(action, cfg.idle_threshold) if cfg.trim_idle_start else 0
+    grid, state, action = grid[first:], state[first:], action[first:]
     frames, frame_index = [], []
-    for cam in cfg.cameras:
+    for cam, idx in zip(cfg.cameras, cam_idx, strict=True):
         img: ImageSeries = images[cam.topic]
-        idx = _resample(bag, cam.topic, img.stamps, grid, cam.max_age_s)
-        used, inverse = np.unique(idx, return_inverse=True)  # each recorded frame once
+        used, inverse = np.unique(idx[first:], return_inverse=True)  # each recorded frame once
         frames.append(img.frames[used])
         frame_index.append(inverse)
     return _Episode(
         stamps=grid,
-        state=rows(resolved.state),
-        action=rows(resolved.action),
+        state=state,
+        action=action,
         frames=frames,
         frame_index=np.stack(frame_index, axis=1) if frame_index else np.zeros((grid.size, 0)),
         task=bag.task,
         sha256=bag.sha256(),
     )
+
+
+def idle_start_steps(action: np.ndarray, threshold: float) -> int:
+    """Grid steps before the motion starts, less one: the episode then opens on the last still
+    frame. A demonstration that waits at its start pose (the recorder starts before the
+    operator moves) teaches a policy that, at the start pose, the next actions are "wait": it
+    sees the same frame and state at every step of the wait, so executing chunks it waits
+    forever, and temporal ensembling turns the wait into a slow, late start. 0 when the
+    actions never leave their first value by more than `threshold` (rad or m, any joint)."""
+    moved = np.flatnonzero(np.abs(action - action[0]).max(axis=1) > threshold)  # (M,)
+    return max(int(moved[0]) - 1, 0) if moved.size else 0
 
 
 _SUFFIX = {"float64": "f64", "float32": "f32", "int64": "i64", "uint8": "u8"}

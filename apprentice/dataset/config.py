@@ -6,6 +6,8 @@ A YAML file (all keys but `state`, `action` and `cameras` optional):
     image_hw: [96, 128]          # (H, W) pixels every camera is resized to
     val_fraction: 0.1            # episodes held out for validation (split BY episode)
     split_seed: 0
+    trim_idle_start: true        # drop the still frames before the first motion (see below)
+    idle_threshold: 0.01         # rad or m: an action this far from the first one is motion
     state:
       - topic: /left/joint_states              # sensor_msgs/JointState: `position`, by name
         joints: [left_waist, left_shoulder]    # optional: default all, in the bag's order
@@ -26,6 +28,11 @@ Max age (s) is how stale the as-of sample of a stream may be at a grid time
   commands 0.1 s: teleop publishes at >= 30 Hz, so 3 periods;
   cameras 0.1 s: 3 frame periods at 30 Hz.
 The live policy node applies the same rule to its inputs (`AsOfBuffer`).
+
+Idle start: an episode whose first 0.3 s are the arm waiting at its start pose teaches "at the
+start pose, wait"; the policy sees the same frame at every step of that wait, so in closed loop
+it waits forever (receding horizon) or starts late and slow (temporal ensembling: measured,
+transfer cube, 0/10 either way). The builder drops those frames (builder.idle_start_steps).
 """
 
 from __future__ import annotations
@@ -103,6 +110,10 @@ class DatasetConfig:
     image_hw: tuple[int, int] = (96, 128)
     val_fraction: float = 0.1
     split_seed: int = 0
+    # Drop the still frames an episode opens with, up to the one before the first action
+    # that moves a joint by more than idle_threshold (rad or m) from the first action.
+    trim_idle_start: bool = True
+    idle_threshold: float = 0.01
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", tuple(self.state))
@@ -123,6 +134,8 @@ class DatasetConfig:
             raise ValueError(f"image_hw must be (H, W) >= 8, got {self.image_hw}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not self.idle_threshold > 0:
+            raise ValueError(f"idle_threshold must be > 0, got {self.idle_threshold}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

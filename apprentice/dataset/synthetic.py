@@ -34,6 +34,7 @@ class SyntheticEpisode:
     command_rate_hz: float = 50.0
     camera_rate_hz: float = 30.0
     lead_s: float = 0.1  # commands lead the measured positions by this (s)
+    idle_s: float = 0.0  # the arm waits at its start pose this long before moving (s)
     start_time_s: float = 1.7e9  # s since the epoch
 
     @property
@@ -94,26 +95,29 @@ def write_episode(
     js_topic, cmd_topic = f"/{spec.arm}/joint_states", f"/{spec.arm}/commands"
     n = len(spec.joints)
 
+    def traj(t: np.ndarray) -> np.ndarray:  # held at the start pose for the first idle_s
+        return trajectory(np.maximum(t - spec.idle_s, 0.0), n, seed)
+
     def add(topic: str, stamp_s: float, msg, msgtype: str) -> None:
         latency = rng.uniform(0.0005, 0.003)  # s, sensor → recorder
         cdr = bytes(_TS.serialize_cdr(msg, msgtype))
         messages.append((t0_ns + int((stamp_s + latency) * 1e9), topic, cdr))
 
     ts = _stamps(spec, spec.joint_rate_hz, rng)
-    for t, q in zip(ts, trajectory(ts, n, seed), strict=True):
+    for t, q in zip(ts, traj(ts), strict=True):
         msg = _T["sensor_msgs/msg/JointState"](
             header=_header(t0_ns + int(t * 1e9), spec.arm), name=list(spec.joints),
             position=q, velocity=np.zeros(0), effort=np.zeros(0),
         )  # fmt: skip
         add(js_topic, t, msg, "sensor_msgs/msg/JointState")
     ts = _stamps(spec, spec.command_rate_hz, rng)
-    for t, q in zip(ts, trajectory(ts + spec.lead_s, n, seed), strict=True):
+    for t, q in zip(ts, traj(ts + spec.lead_s), strict=True):
         layout = _T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
         add(cmd_topic, t, _T["std_msgs/msg/Float64MultiArray"](layout=layout, data=q),
             "std_msgs/msg/Float64MultiArray")  # fmt: skip
     ts = _stamps(spec, spec.camera_rate_hz, rng)
     h, w = spec.image_hw
-    for t, q in zip(ts, trajectory(ts, n, seed), strict=True):
+    for t, q in zip(ts, traj(ts), strict=True):
         rgb = render(q, spec.image_hw)
         header = _header(t0_ns + int(t * 1e9), spec.camera)
         if spec.compressed:

@@ -13,6 +13,7 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
 from apprentice.dataset import DatasetCache, DatasetConfig, EpisodeBag, build_cache, infer_config
+from apprentice.dataset.builder import idle_start_steps
 from apprentice.dataset.images import resize_chw
 from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
 from apprentice.learning.normalize import NormStats
@@ -88,7 +89,7 @@ def test_cache_from_bags_split_stats_and_shapes(raw_bags, tmp_path) -> None:
 def test_resampling_matches_asof_indices(tmp_path, compressed: bool) -> None:
     spec = SyntheticEpisode(duration_s=1.0, compressed=compressed)
     _write_bags(tmp_path / "bags", 2, spec)
-    cfg = dataclasses.replace(_config(tmp_path / "bags"), val_fraction=0.0)
+    cfg = dataclasses.replace(_config(tmp_path / "bags"), val_fraction=0.0, trim_idle_start=False)
     cache = build_cache(tmp_path / "bags", cfg, tmp_path / "cache", progress=False)
     for ep in cache.episodes:
         streams = _read_independently(ep.bag)
@@ -143,7 +144,7 @@ def test_data_index_hash_identifies_the_data(raw_bags, tmp_path) -> None:
 def test_dataset_build_command(raw_bags, tmp_path, capsys) -> None:
     """`apprentice dataset build` with a YAML config (joint subset, own rate and size)."""
     (tmp_path / "ds.yaml").write_text(
-        "control_rate_hz: 25\nimage_hw: [24, 32]\nval_fraction: 0.5\n"
+        "control_rate_hz: 25\nimage_hw: [24, 32]\nval_fraction: 0.5\ntrim_idle_start: false\n"
         "state: [{topic: /follower/joint_states, joints: [gripper, shoulder_pan]}]\n"
         "action: [{topic: /follower/commands, joints: [gripper]}]\n"
         "cameras: [{name: overhead, topic: /cameras/top/image_raw}]\n"
@@ -156,10 +157,36 @@ def test_dataset_build_command(raw_bags, tmp_path, capsys) -> None:
     assert cache.state_names == ["gripper", "shoulder_pan"] and cache.action_names == ["gripper"]
     assert cache.camera_names == ["overhead"] and cache.image_hw == (24, 32)
     assert [e.split for e in cache.episodes].count("val") == 2
-    full = build_cache(raw_bags, _config(raw_bags), tmp_path / "full", progress=False)
+    cfg = dataclasses.replace(_config(raw_bags), trim_idle_start=False)
+    full = build_cache(raw_bags, cfg, tmp_path / "full", progress=False)
     # the gripper column, by name, at every second 50 Hz grid time (25 Hz, same start)
     ep, ep50 = cache.episodes[0], full.episodes[0]
     n = ep.length
     np.testing.assert_array_equal(
         cache.action[ep.start : ep.stop, 0], full.action[ep50.start : ep50.start + 2 * n : 2, 3]
     )
+
+
+def test_idle_start_is_trimmed_to_the_last_still_frame(tmp_path) -> None:
+    """An episode that waits 0.4 s at its start pose opens, in the cache, on the last grid
+    step before the commands move; with trim_idle_start off it keeps the wait."""
+    spec = SyntheticEpisode(duration_s=1.5, idle_s=0.4)
+    _write_bags(tmp_path / "bags", 1, spec)
+    base = dataclasses.replace(_config(tmp_path / "bags"), val_fraction=0.0)
+    kept = build_cache(tmp_path / "bags", dataclasses.replace(base, trim_idle_start=False),
+                       tmp_path / "kept", progress=False)  # fmt: skip
+    trimmed = build_cache(tmp_path / "bags", base, tmp_path / "trimmed", progress=False)
+    full, cut = kept.action[:], trimmed.action[:]
+    n_cut = len(full) - len(cut)
+    # the commands lead by 0.1 s, so they hold for ~0.3 s of the 50 Hz grid
+    assert 12 <= n_cut <= 18, n_cut
+    np.testing.assert_array_equal(cut, full[n_cut:])
+    np.testing.assert_array_equal(trimmed.state[:], kept.state[n_cut:])
+    np.testing.assert_array_equal(trimmed.stamps[:], kept.stamps[n_cut:])
+    assert np.abs(cut[1] - cut[0]).max() > base.idle_threshold  # the next step moves
+    assert np.abs(full[: n_cut + 1] - full[0]).max() <= base.idle_threshold
+    # images follow the trim: the first cached frame is the one the grid's first step used
+    np.testing.assert_array_equal(
+        trimmed.images(np.asarray(0)), kept.images(np.asarray(n_cut))
+    )
+    assert idle_start_steps(np.zeros((5, 3)), 0.01) == 0  # never moves: nothing dropped

@@ -68,6 +68,11 @@ def test_eval_runs_episodes_and_writes_table_json_videos(policy_dir, tmp_path, c
         assert n == r["frames"] and n > 2.5 * 30 * 0.5, (n, r["frames"])  # 30 Hz camera
         assert first is not None and first.shape == (5 * H, 5 * W, 3) and first.std() > 5
         assert Path(r["plot"]).read_bytes()[:4] == b"\x89PNG"
+        with np.load(r["rollout"]) as z:  # the plotted streams, as arrays
+            for arm in ("left", "right"):
+                assert z[f"{arm}_commands"].shape[1] == 7 and len(z[f"{arm}_commands"]) > 50
+                assert len(z[f"{arm}_joints_t"]) == len(z[f"{arm}_joints"]) > 50
+                assert np.all(np.diff(z[f"{arm}_joints_t"]) >= 0)
     # the per-episode table and the rate
     assert "episode  seed  success" in printed
     assert f"success {results['successes']}/2" in printed

@@ -194,7 +194,24 @@ def run_episode(
     }
     row["plot"] = str(plot_joints(series, out / "plots" / f"{name}.png", title=f"{name} "
                                   f"(seed {sim['seed']}, success {row['success']})"))  # fmt: skip
+    row["rollout"] = str(save_rollout(series, out / "rollouts" / f"{name}.npz"))
     return row
+
+
+def save_rollout(series: dict, path: Path) -> Path:
+    """The episode's streams as arrays: <arm>_joints_t (N,) s since the epoch, <arm>_joints
+    (N, J), <arm>_commands_t, <arm>_commands (M, J), <arm>_names."""
+    arrays: dict[str, np.ndarray] = {}
+    for arm, (names, joints, commands) in series.items():
+        arrays[f"{arm}_names"] = np.asarray(names, dtype=str)
+        for key, samples in (("joints", joints), ("commands", commands)):
+            arrays[f"{arm}_{key}_t"] = np.asarray([t for t, _ in samples], dtype=np.float64)
+            arrays[f"{arm}_{key}"] = (
+                np.stack([v for _, v in samples]) if samples else np.zeros((0, len(names)))
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
