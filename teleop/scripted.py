@@ -44,6 +44,9 @@ class Waypoint:
     position: np.ndarray  # (3,) end-effector point in world, m
     rotation: np.ndarray  # (3, 3) gripper frame in world (columns: approach, closing, normal)
     gripper: float  # finger slide position, m
+    # Pass through without stopping: the end effector keeps the velocity of the line from the
+    # previous waypoint to the next one here. Otherwise every waypoint is a stop.
+    through: bool = False
 
 
 def gripper_frame(approach: np.ndarray, closing: np.ndarray) -> np.ndarray:
@@ -104,20 +107,41 @@ def slerp(r0: np.ndarray, r1: np.ndarray, s: float) -> np.ndarray:
     return rot.reshape(3, 3)
 
 
+def _through_velocity(waypoints: list[Waypoint], i: int) -> np.ndarray:
+    """End-effector velocity (3,) m/s at waypoint i: 0 at a stop, else the mean velocity from
+    the previous waypoint to the next (Catmull-Rom)."""
+    w = waypoints[i]
+    if not w.through or i == 0 or i == len(waypoints) - 1:
+        return np.zeros(3)
+    a, b = waypoints[i - 1], waypoints[i + 1]
+    return (b.position - a.position) / (b.t - a.t)
+
+
 def interpolate(waypoints: list[Waypoint], t: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Position (linear), rotation (slerp) and gripper (linear) at time t; held past the ends."""
+    """Position, rotation (slerp) and gripper (linear) at time t; held past the ends.
+
+    Between two stops the position follows the straight line with a quintic ease in time (no
+    velocity jumps). A segment that starts or ends at a pass-through waypoint is a cubic
+    Hermite curve with that waypoint's velocity (velocity stays continuous, the arm does not
+    stop). Stops matter to a learned policy: where the whole scene stands still for a moment,
+    its observation cannot say whether the next action is "go on" or "wait", and it stalls."""
     if t <= waypoints[0].t:
         w = waypoints[0]
         return w.position, w.rotation, w.gripper
-    for a, b in zip(waypoints, waypoints[1:], strict=False):
+    for i, (a, b) in enumerate(zip(waypoints, waypoints[1:], strict=False)):
         if t <= b.t:
-            u = (t - a.t) / (b.t - a.t)
+            dt = b.t - a.t
+            u = (t - a.t) / dt
             s = u * u * u * (10.0 + u * (6.0 * u - 15.0))  # quintic ease: no velocity jumps
-            return (
-                a.position + s * (b.position - a.position),
-                slerp(a.rotation, b.rotation, s),
-                a.gripper + s * (b.gripper - a.gripper),
-            )
+            if a.through or b.through:
+                va, vb = _through_velocity(waypoints, i), _through_velocity(waypoints, i + 1)
+                h00, h10 = 2 * u**3 - 3 * u**2 + 1, u**3 - 2 * u**2 + u
+                h01, h11 = -2 * u**3 + 3 * u**2, u**3 - u**2
+                position = h00 * a.position + h10 * dt * va + h01 * b.position + h11 * dt * vb
+            else:
+                position = a.position + s * (b.position - a.position)
+            gripper = a.gripper + s * (b.gripper - a.gripper)
+            return position, slerp(a.rotation, b.rotation, s), gripper
     w = waypoints[-1]
     return w.position, w.rotation, w.gripper
 
@@ -288,11 +312,11 @@ def transfer_cube(scene: Scene) -> dict[str, list[Waypoint]]:
     open_, closed = GRIP_OPEN, GRIP_CLOSED
     right = [
         scene.start("right"),
-        Waypoint(1.8, pick + [0, 0, 0.08], pick_frame, open_),  # above the cube
+        Waypoint(1.8, pick + [0, 0, 0.08], pick_frame, open_, through=True),  # above the cube
         Waypoint(2.6, pick, pick_frame, open_),  # down around it
         Waypoint(3.2, pick, pick_frame, closed),  # close
-        Waypoint(3.6, pick + [0, 0, 0.04], pick_frame, closed),  # straight up off the table
-        Waypoint(4.6, handover + [0.05, 0, 0], pick_frame, closed),
+        Waypoint(3.6, pick + [0, 0, 0.04], pick_frame, closed, through=True),  # up off the table
+        Waypoint(4.6, handover + [0.05, 0, 0], pick_frame, closed, through=True),
         Waypoint(5.0, handover, pick_frame, closed),  # at the meet point
         Waypoint(6.0, handover, pick_frame, closed),  # hold while the left closes
         Waypoint(6.4, handover, pick_frame, open_),  # let go

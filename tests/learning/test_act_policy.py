@@ -100,8 +100,10 @@ def test_config_validation() -> None:
     ok = ActConfig(state_dim=2, action_dim=2)
     assert ok.chunk_size == 100 and ok.latent_dim == 32 and ok.kl_weight == 10.0
     for bad in ({"d_model": 30}, {"n_heads": 3}, {"chunk_size": 0}, {"image_hw": (16, 64)},
-                {"backbone_norm": "batch_norm"}, {"dropout": 1.0}):  # fmt: skip
+                {"backbone_norm": "batch_norm"}, {"dropout": 1.0},
+                {"backbone_stride": 4}):  # fmt: skip
         with pytest.raises(ValueError):
             dataclasses.replace(ok, **bad)
     preset = ActConfig.cpu_preset(6, 6)
     assert preset.image_hw == (96, 128) and preset.n_encoder_layers == 2
+    assert preset.backbone_stride == 16  # 6x8 image tokens at 96x128
