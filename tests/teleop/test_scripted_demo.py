@@ -166,3 +166,35 @@ def test_interpolation_is_linear_in_position_and_slerps_rotation() -> None:
     assert interpolate(wps, 0.0)[2] == GRIP_OPEN and interpolate(wps, 9.0)[2] == GRIP_CLOSED
     early = interpolate(wps, 1.1)[0][0]
     assert 0 < early < 0.2 * 0.05
+
+
+def test_pass_through_waypoints_keep_moving_and_stops_stop() -> None:
+    r = pitched_frame(1.0, 0.0)
+    a, b, c = np.zeros(3), np.array([0.2, 0.0, 0.0]), np.array([0.2, 0.0, -0.1])
+
+    def speed(wps: list[Waypoint], t: float, h: float = 1e-4) -> float:
+        step = interpolate(wps, t + h)[0] - interpolate(wps, t - h)[0]
+        return float(np.linalg.norm(step) / (2 * h))
+
+    stop = [Waypoint(0.0, a, r, GRIP_OPEN), Waypoint(1.0, b, r, GRIP_OPEN),
+            Waypoint(2.0, c, r, GRIP_OPEN)]  # fmt: skip
+    through = [stop[0], Waypoint(1.0, b, r, GRIP_OPEN, through=True), stop[2]]
+    assert speed(stop, 1.0) < 1e-3  # the quintic ease stops at every waypoint
+    v = speed(through, 1.0)
+    assert v == pytest.approx(np.linalg.norm(c - a) / 2.0, rel=1e-3)  # Catmull-Rom velocity
+    assert speed(through, 1.0 - 1e-3) == pytest.approx(v, rel=0.02)  # continuous across it
+    assert speed(through, 1.0 + 1e-3) == pytest.approx(v, rel=0.02)
+    for wps in (stop, through):  # the waypoints themselves are reached, the ends are stops
+        np.testing.assert_allclose(interpolate(wps, 1.0)[0], b, atol=1e-12)
+        assert speed(wps, 0.0 + 1e-3) < 0.01 and speed(wps, 2.0 - 1e-3) < 0.01
+
+
+def test_scripted_transfer_has_no_full_stop_before_the_grasp() -> None:
+    """Between the start and the grasp, some joint of the right arm is always moving (the
+    pass-through approach waypoint): the scene is never still for a learned policy to stall."""
+    demo = ScriptedDemo("aloha_transfer_cube", seed=3)
+    right = demo.plans["right"].targets[:, :-1]  # (T, 6) at 50 Hz
+    speed = np.abs(np.diff(right, axis=0)).max(axis=1) * demo.rate_hz  # rad/s
+    t = np.arange(len(speed)) / demo.rate_hz
+    moving = speed[(t > 0.3) & (t < 2.4)]
+    assert moving.min() > 0.02, moving.min()
