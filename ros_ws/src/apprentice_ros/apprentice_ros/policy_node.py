@@ -220,7 +220,9 @@ class PolicyNode(Node):
         if safety.lower.size != len(joint_names):
             raise PolicyRefused(f"{safety.lower.size} joint limits for {len(joint_names)} joints")
 
-        output = OUTPUTS[p["output"]](self, self._arm_names)
+        # In the card's arm order (the `arms` parameter), never in the order the arms' first
+        # joint states happened to arrive: that swapped left and right commands at random.
+        output = OUTPUTS[p["output"]](self, {a: self._arm_names[a] for a in p["arms"]})
         cfg = RuntimeConfig(
             control_rate_hz=p["control_rate"], execution=p["execution"],
             n_execute=p["n_execute"], ensemble_k=p["ensemble_k"],
