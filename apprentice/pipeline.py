@@ -291,10 +291,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The demo's defaults, from experiments on the 2-core CPU (transfer cube, 50 scripted demos,
-    10 eval episodes from seed 1000, ACT CPU preset, chunk 50, 6000 steps in ~11.5 min): with
-    each episode's idle start kept, 0/10; trimmed (the dataset default), 5/10. Recording 50
-    episodes takes ~8 min (the scripted demonstrator succeeds in 50/50 through ROS)."""
+    """The demo's defaults (docs/BENCHMARKS.md, closed loop): 50 scripted demos (~8 min to
+    record, 50/50 succeed through ROS), ACT CPU preset, chunk 50, 6000 steps (~11 min on 2
+    cores), 20 eval episodes (~5 min): 24 min in all, closed loop 10/20 on the transfer cube."""
 
     episodes: int = 50  # scripted demonstrations
     image_hw: tuple[int, int] = (96, 128)  # the sim renders at this size, recorded and live
