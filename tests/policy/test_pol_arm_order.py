@@ -5,6 +5,7 @@ publishes two fake arms, `a` and `b` (b first, a once the node listens to b), an
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import time
@@ -74,7 +75,9 @@ def test_two_arms_get_their_own_commands_whichever_reports_first(tmp_path: Path)
     }  # fmt: skip
     path = write_params_file(params, tmp_path, "policy")
     log = tmp_path / "policy.log"
-    proc = subprocess_popen(path, log)
+    cmd = [sys.executable, "-m", "apprentice_ros.policy_node", "--ros-args", "--params-file",
+           str(path)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         end = time.monotonic() + 40
         while time.monotonic() < end and min(len(v) for v in got.values()) < 100:
@@ -91,10 +94,3 @@ def test_two_arms_get_their_own_commands_whichever_reports_first(tmp_path: Path)
     np.testing.assert_allclose(a, 0.1, atol=0.08)  # a's own actions, not b's (~0.9)
     np.testing.assert_allclose(b, 0.9, atol=0.08)
 
-
-def subprocess_popen(params: Path, log: Path):
-    import subprocess
-
-    cmd = [sys.executable, "-m", "apprentice_ros.policy_node", "--ros-args", "--params-file",
-           str(params)]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
