@@ -162,9 +162,8 @@ class GraphRunner:
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGINT (clean shutdown), then SIGTERM, then SIGKILL for whatever is left."""
-        stop_processes([p for _, p in self.procs], timeout)
+        codes = stop_processes([p for _, p in self.procs], timeout)
         self._tmp.cleanup()
-        codes = [p.returncode for _, p in self.procs]
         # -SIGINT / 0 are clean stops; anything else is reported.
         bad = [c for c in codes if c not in (0, -signal.SIGINT, None)]
         return bad[0] if bad else 0

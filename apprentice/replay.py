@@ -76,30 +76,20 @@ def read_episode(bag: str | Path) -> Episode:
     """The streams a replay needs from an episode bag (read, CRC-checked, by the dataset's
     reader); camera sizes from each first image."""
     eb = EpisodeBag(bag)
+    recorded = {t: ty for t, ty in eb.topics.items() if eb.counts.get(t)}
 
-    def kind(topic: str, msgtype: str) -> str | None:
-        if msgtype == FLOAT64_ARRAY and _COMMANDS.match(topic):
-            return "commands"
-        if msgtype == JOINT_STATE and _JOINTS.match(topic):
-            return "joints"
-        if msgtype == BOOL and topic == SUCCESS_TOPIC:
-            return "success"
-        if msgtype == IMAGE and _CAMERA.match(topic):
-            return "camera"
-        return None
+    def named(pattern: re.Pattern[str], msgtype: str) -> dict[str, str]:  # name → topic
+        return {m[1]: t for t, ty in recorded.items() if ty == msgtype and (m := pattern.match(t))}
 
-    kinds = {t: k for t, ty in eb.topics.items() if eb.counts.get(t) and (k := kind(t, ty))}
-    series, _ = eb.read([t for t, k in kinds.items() if k != "camera"], [], (1, 1))
-
-    def arm_streams(which: str, pattern: re.Pattern[str]) -> dict[str, Series]:
-        return {pattern.match(t)[1]: series[t] for t, k in kinds.items() if k == which}  # type: ignore[index]
-
+    commands, joints = named(_COMMANDS, FLOAT64_ARRAY), named(_JOINTS, JOINT_STATE)
+    success = [SUCCESS_TOPIC] if recorded.get(SUCCESS_TOPIC) == BOOL else []
+    series, _ = eb.read([*commands.values(), *joints.values(), *success], [], (1, 1))
     return Episode(
         path=eb.path,
         custom_data=eb.custom_data,
-        commands=arm_streams("commands", _COMMANDS),
-        joints=arm_streams("joints", _JOINTS),
-        cameras={_CAMERA.match(t)[1]: eb.image_hw(t) for t, k in kinds.items() if k == "camera"},  # type: ignore[index]
+        commands={arm: series[t] for arm, t in commands.items()},
+        joints={arm: series[t] for arm, t in joints.items()},
+        cameras={cam: eb.image_hw(t) for cam, t in named(_CAMERA, IMAGE).items()},
         success=series.get(SUCCESS_TOPIC),
     )
 

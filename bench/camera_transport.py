@@ -342,8 +342,7 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         except subprocess.TimeoutExpired as e:
             raise RuntimeError(f"case {case.name}: a publisher did not finish in time") from e
         finally:
-            for _, p, _ in procs:
-                stop_processes([p], 5.0, first=signal.SIGTERM)
+            stop_processes([p for _, p, _ in procs], 5.0, first=signal.SIGTERM)
 
         children = {}
         for name, p, result in procs:

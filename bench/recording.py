@@ -468,8 +468,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
             if rclpy.ok():
                 rclpy.shutdown()
-        for p in procs.values():
-            stop_processes([p], 10.0, first=signal.SIGTERM)
+        stop_processes(list(procs.values()), 10.0, first=signal.SIGTERM)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 

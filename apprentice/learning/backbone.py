@@ -107,7 +107,6 @@ class ResNet18(nn.Module):
             raise ValueError(f"width must be >= 1, got {width}")
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
-        self.output_stride = output_stride
         # layer2..4 each halve the map until the stride is reached (conv1 + maxpool give 4)
         halvings = {32: 3, 16: 2, 8: 1}[output_stride]
         make = make_norm(norm)

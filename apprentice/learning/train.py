@@ -83,7 +83,7 @@ class OptimDefaults:
 # The papers' settings; the CPU presets train small models from scratch, which takes a
 # larger learning rate for ACT and a smaller batch for Diffusion Policy. (ACT CPU preset at
 # 2e-4 with warm-up and cosine decay: lower validation loss, 0.025 vs 0.028 after 6000 steps,
-# but 2/10 vs 5/10 in closed loop on the transfer cube, so the constant rate stays.)
+# but 1/10 vs 6/10 in closed loop on the transfer cube, so the constant rate stays.)
 DEFAULTS: dict[tuple[str, str], OptimDefaults] = {
     ("act", "paper"): OptimDefaults(1e-5, 1e-4, (0.9, 0.999), 8, 0, "constant", 100_000),
     ("act", "cpu"): OptimDefaults(1e-4, 1e-4, (0.9, 0.999), 8, 0, "constant", 6_000),
