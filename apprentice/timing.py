@@ -22,6 +22,8 @@ class RateLoop:
         self.missed = 0  # ticks skipped because the loop body overran
 
     def __iter__(self) -> Iterator[float]:
+        # time.sleep, not stop.wait: an Event wait runs Condition's Python code after the
+        # wake-up, where the thread can lose the GIL again; stop is seen within 0.1 s.
         deadline = time.monotonic()
         while not self.stop.is_set():
             now = time.monotonic()
@@ -29,7 +31,10 @@ class RateLoop:
                 skipped = int((now - deadline) / self.period)
                 self.missed += skipped
                 deadline += skipped * self.period
-            if self.stop.wait(max(0.0, deadline - now)):
-                return
+            while now < deadline:
+                time.sleep(min(deadline - now, 0.1))
+                if self.stop.is_set():
+                    return
+                now = time.monotonic()
             yield deadline
             deadline += self.period

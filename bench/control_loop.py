@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_velocity": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.05], "max_accel": [10.0],
         "max_observation_age": 0.15, "safe_after": 2.0, "execution_provider": "auto",
         "threads": args.threads, "realtime_priority": args.realtime_priority,
+        "switch_interval": args.switch_interval,
     }  # fmt: skip
     params_file = write_params_file(params, tmp, "policy")
     log = tmp / "policy.log"
@@ -153,6 +154,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch_imported_in_node": stats["torch_imported"],
         "start_to_first_command_s": first_command_s,
         "start_to_first_command_node_s": stats["first_command_wall"] - launch_wall,
+        "realtime_priority": args.realtime_priority if stats["realtime"] else 0,
+        "switch_interval_s": stats["switch_interval"],
         "ticks": stats["ticks"],
         "missed_ticks": stats["missed_ticks"],
         "over_budget": stats["over_budget"],
@@ -181,7 +184,18 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=100.0, help="control rate (Hz)")
     parser.add_argument("--execution", default="ensemble", choices=["ensemble", "receding"])
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    parser.add_argument("--realtime-priority", type=int, default=0, help="SCHED_FIFO, 0: off")
+    parser.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=50,
+        help="SCHED_FIFO priority of the control thread (needs rights), 0: off",
+    )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=0.0001,
+        help="s, the node's sys.setswitchinterval while the loop runs",
+    )
     parser.add_argument("--policy-dir", help="an exported ACT folder for the sim's right arm")
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser.parse_args(argv)
@@ -190,8 +204,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     r = run(args)
+    fifo = f"SCHED_FIFO {r['realtime_priority']}" if r["realtime_priority"] else "no SCHED_FIFO"
     print(f"control loop at {r['rate_hz']:g} Hz for {r['seconds']:g} s ({r['execution']}, "
-          f"{r['provider']}), {r['ticks']} ticks, {r['inferences']} inferences")  # fmt: skip
+          f"{r['provider']}, {fifo}, GIL switch interval {r['switch_interval_s'] * 1e3:g} ms), "
+          f"{r['ticks']} ticks, {r['inferences']} inferences")  # fmt: skip
     print(f"  period error (loop)        {_ms(r['loop_period_error_s'])}")
     print(f"  period error (subscriber)  {_ms(r['subscriber_period_error_s'])}")
     print(f"  missed ticks {r['missed_ticks']}, over budget {r['over_budget']}, "

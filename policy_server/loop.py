@@ -136,8 +136,9 @@ class RuntimeConfig:
     plan_points: int = 0  # > 0: each Command carries a safe preview of the next points
     over_budget: float = 0.5  # of a period: a tick finishing later than this is over budget
     # s: how long a Python thread may keep the GIL while another waits (CPython default 5 ms).
-    # The control thread wakes on time but needs the GIL; 0.5 ms bounds that wait.
-    switch_interval: float = 0.0005
+    # The control thread wakes on time but needs the GIL. Measured at 100 Hz with SCHED_FIFO
+    # (docs/BENCHMARKS.md): 0.5 ms → period error p99 0.6-0.7 ms, 0.1 ms → 0.26 ms.
+    switch_interval: float = 0.0001
     realtime_priority: int = 0  # > 0: SCHED_FIFO priority for the control thread (needs rights)
 
 
@@ -179,6 +180,8 @@ class PolicyRuntime:
     ) -> None:
         if cfg.execution not in EXECUTORS:
             raise ValueError(f"execution must be one of {sorted(EXECUTORS)}")
+        if not cfg.switch_interval > 0:
+            raise ValueError(f"switch_interval must be > 0 s, got {cfg.switch_interval}")
         self.policy, self.obs, self.cfg = policy, observations, cfg
         self.safety = SafetyLayer(safety)
         self.publish, self.log = publish, log
@@ -189,6 +192,7 @@ class PolicyRuntime:
         self.periods, self.lateness = _Ring(), _Ring()
         self.inference_s, self.obs_to_command = _Ring(4096), _Ring()
         self.first_command_wall: float | None = None
+        self.realtime = False  # SCHED_FIFO granted to the control thread
         self._stop = threading.Event()
         self._lock = threading.Lock()  # safety layer: control thread vs e-stop service calls
         self._rate = RateLoop(cfg.control_rate_hz, self._stop)
@@ -260,6 +264,7 @@ class PolicyRuntime:
         if self.cfg.realtime_priority > 0:
             try:  # on Linux, pid 0 is the calling thread
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.cfg.realtime_priority))
+                self.realtime = True
             except (PermissionError, AttributeError, OSError) as exc:
                 self.log("warn", f"no real-time priority for the control thread: {exc}")
         budget = self.cfg.over_budget * self.period
@@ -341,6 +346,8 @@ class PolicyRuntime:
         return {
             **self.counts,
             "missed_ticks": self.missed_ticks,
+            "realtime": self.realtime,
+            "switch_interval": self.cfg.switch_interval,
             "mode": self.safety.mode,
             "fault_reason": self.safety.fault_reason,
             "safety": dict(self.safety.counts),

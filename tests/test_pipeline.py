@@ -92,6 +92,8 @@ def test_demo_stages_reuse_what_the_output_folder_holds(tmp_path: Path) -> None:
     cfg = DemoConfig(steps=100)
     names = [s.name for s in demo_stages(tmp_path, cfg)]
     assert names == ["record", "dataset", "train", "export", "eval"]
+    train_cmd = demo_stages(tmp_path, cfg)[2].command
+    assert train_cmd[train_cmd.index("--ema") + 1] == "0.999"  # exported from the weights' EMA
     assert stale_after(demo_stages(tmp_path, cfg)) == [True] * 5
 
     (tmp_path / "demos_ok").mkdir()

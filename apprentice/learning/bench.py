@@ -3,7 +3,8 @@
     python -m apprentice.learning.bench --threads 2
 
 Prints JSON: ACT batch-1 latency, eager vs onnxruntime; Diffusion Policy batch-1 latency of the
-numpy-DDIM runtime; training steps/s of both presets at batch 8. Medians over repeats.
+numpy-DDIM runtime; training steps/s of both presets at batch 8, and of ACT with torch's own
+dropout and the per-parameter AdamW (the baseline for ours). Medians over repeats.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from apprentice.learning.act.config import ActConfig
-from apprentice.learning.act.model import ActPolicy
+from apprentice.learning.act.model import ActPolicy, Dropout
 from apprentice.learning.checkpoint import Policy
 from apprentice.learning.diffusion.config import DiffusionConfig
 from apprentice.learning.diffusion.model import DiffusionPolicy
@@ -42,9 +43,13 @@ def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float
 
 
 def _train_steps_per_s(
-    policy: Policy, obs: dict[str, torch.Tensor], actions: torch.Tensor, steps: int
+    policy: Policy,
+    obs: dict[str, torch.Tensor],
+    actions: torch.Tensor,
+    steps: int,
+    fused: bool = True,  # as apprentice.learning.train
 ) -> float:
-    optim = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    optim = torch.optim.AdamW(policy.parameters(), lr=1e-4, fused=fused)
     policy.train()
 
     def step() -> None:
@@ -83,6 +88,13 @@ def run(threads: int, repeats: int) -> dict[str, object]:
         obs = {"state": torch.randn(8, 6), "images": torch.rand(8, 1, 3, h, w)}
         train = _train_steps_per_s(act, obs, torch.randn(8, act_cfg.chunk_size, 6), repeats)
         out["act_cpu_preset"]["train_steps_per_s_batch8"] = round(train, 2)
+        # the baseline: torch's own dropout and the per-parameter (unfused) AdamW
+        for module in list(act.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, Dropout):
+                    setattr(module, name, torch.nn.Dropout(child.p))
+        base = _train_steps_per_s(act, obs, torch.randn(8, act_cfg.chunk_size, 6), repeats, False)
+        out["act_cpu_preset"]["train_steps_per_s_batch8_baseline"] = round(base, 2)
 
         dp_cfg = DiffusionConfig.cpu_preset(6, 6, n_cameras=1)
         dp = DiffusionPolicy(dp_cfg).eval()

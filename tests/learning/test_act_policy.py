@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from apprentice.learning.act.config import ActConfig
-from apprentice.learning.act.model import ActPolicy, sine_embedding_2d
+from apprentice.learning.act.model import ActPolicy, Dropout, sine_embedding_2d
 
 
 def _eval_loss(policy: ActPolicy, obs, actions, pad=None) -> dict[str, float]:
@@ -107,3 +107,24 @@ def test_config_validation() -> None:
     preset = ActConfig.cpu_preset(6, 6)
     assert preset.image_hw == (96, 128) and preset.n_encoder_layers == 2
     assert preset.backbone_stride == 16  # 6x8 image tokens at 96x128
+
+
+def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_mean() -> None:
+    drop = Dropout(0.1).train()
+    x = torch.ones(400_000)
+    torch.manual_seed(0)
+    y = drop(x)
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - 26 / 256) < 0.003  # p rounded to 1/256
+    assert abs(float(y.mean()) - 1.0) < 0.005  # survivors scaled by 1 / (1 - p)
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # seeded like any torch op
+    a, b = drop(x[:1000].reshape(10, 100)), drop(x[:1000].reshape(10, 100))
+    assert not torch.equal(a, b)  # a fresh mask per call
+    x.requires_grad_(True)
+    drop(x).sum().backward()
+    assert torch.allclose(x.grad.unique(), torch.tensor([0.0, 256 / 230]))  # same mask, scaled
+    assert abs(float((x.grad == 0).float().mean()) - 26 / 256) < 0.003
+    drop.eval()
+    assert drop(x) is x
+    assert Dropout(0.0).train()(x) is x

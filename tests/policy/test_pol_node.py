@@ -182,6 +182,9 @@ def test_mismatched_or_corrupt_policy_refuses_to_start(policy_dir, tester, tmp_p
         name: _start(_params(folder, output="forward"), tmp_path, name)
         for name, folder in (("wrong", wrong), ("corrupt", corrupt))
     }
+    procs["no_gil"] = _start(  # the GIL switch interval must be positive
+        _params(policy_dir, output="forward", switch_interval=0.0), tmp_path, "no_gil"
+    )
     tester.forward.clear()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(p.poll() is None for p, _ in procs.values()):
@@ -196,6 +199,7 @@ def test_mismatched_or_corrupt_policy_refuses_to_start(policy_dir, tester, tmp_p
     for reason in ("joint names differ", "whole multiple", "camera wrist: policy expects 48x96"):
         assert reason in text, text
     assert "cannot load the policy graphs" in procs["corrupt"][1].read_text()
+    assert "switch_interval must be > 0" in procs["no_gil"][1].read_text()
     tester.spin(0.3)
     assert tester.forward == [], "a refusing node published a command"
 

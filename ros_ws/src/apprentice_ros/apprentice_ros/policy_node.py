@@ -72,6 +72,7 @@ DEFAULTS = {
     "execution_provider": "auto",  # auto | cpu | cuda | tensorrt
     "threads": 1,  # onnxruntime intra-op threads
     "realtime_priority": 0,  # > 0: SCHED_FIFO priority of the control thread (needs rights)
+    "switch_interval": 0.0001,  # s: longest GIL hold while the control thread waits for it
     "startup_timeout": 10.0,  # s to wait for the robot's first messages
     "estop_topic": "/estop",
 }
@@ -226,7 +227,7 @@ class PolicyNode(Node):
         cfg = RuntimeConfig(
             control_rate_hz=p["control_rate"], execution=p["execution"],
             n_execute=p["n_execute"], ensemble_k=p["ensemble_k"],
-            realtime_priority=p["realtime_priority"],
+            realtime_priority=p["realtime_priority"], switch_interval=p["switch_interval"],
             plan_points=p["trajectory_points"] if getattr(output, "wants_plan", False) else 0,
         )  # fmt: skip
         try:
