@@ -388,6 +388,16 @@ def demo_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
     ]  # fmt: skip
 
 
+def drop_run_without_ema(run: Path) -> bool:
+    """Deletes a training run that keeps no EMA (one from before the demo exported the EMA):
+    resuming it would export its last weights. True when it did."""
+    last = run / "checkpoints" / "last"
+    if (last / "state.json").exists() and not (last / "ema").exists():
+        shutil.rmtree(run)
+        return True
+    return False
+
+
 def stale_after(stages: Sequence[Stage]) -> list[bool]:
     """Which stages to run: the first not done and everything after it (a later stage's
     result was made from an earlier one's, so it is stale once that is redone)."""
@@ -425,6 +435,8 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dataset.yaml").write_text(yaml.safe_dump(dataset_config(cfg.image_hw)))
+    if drop_run_without_ema(out / "run"):
+        print("train: the run in this folder keeps no EMA of its weights: training again")
     stages = demo_stages(out, cfg)
     t_all = time.monotonic()
     for i, (stage, todo) in enumerate(zip(stages, stale_after(stages), strict=True)):

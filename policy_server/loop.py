@@ -136,10 +136,15 @@ class RuntimeConfig:
     plan_points: int = 0  # > 0: each Command carries a safe preview of the next points
     over_budget: float = 0.5  # of a period: a tick finishing later than this is over budget
     # s: how long a Python thread may keep the GIL while another waits (CPython default 5 ms).
-    # The control thread wakes on time but needs the GIL. Measured at 100 Hz with SCHED_FIFO
+    # The control thread wakes on time but needs the GIL; the holder drops it at its next check
+    # after this interval (a long C call holding it still finishes). 100 Hz with SCHED_FIFO
     # (docs/BENCHMARKS.md): 0.5 ms → period error p99 0.6-0.7 ms, 0.1 ms → 0.26 ms.
     switch_interval: float = 0.0001
     realtime_priority: int = 0  # > 0: SCHED_FIFO priority for the control thread (needs rights)
+
+    def __post_init__(self) -> None:
+        if not self.switch_interval > 0:
+            raise ValueError(f"switch_interval must be > 0 s, got {self.switch_interval}")
 
 
 class _Ring:
@@ -180,8 +185,6 @@ class PolicyRuntime:
     ) -> None:
         if cfg.execution not in EXECUTORS:
             raise ValueError(f"execution must be one of {sorted(EXECUTORS)}")
-        if not cfg.switch_interval > 0:
-            raise ValueError(f"switch_interval must be > 0 s, got {cfg.switch_interval}")
         self.policy, self.obs, self.cfg = policy, observations, cfg
         self.safety = SafetyLayer(safety)
         self.publish, self.log = publish, log
@@ -197,6 +200,7 @@ class PolicyRuntime:
         self._lock = threading.Lock()  # safety layer: control thread vs e-stop service calls
         self._rate = RateLoop(cfg.control_rate_hz, self._stop)
         self._threads: list[threading.Thread] = []
+        self._switch_interval: float | None = None  # the process's, restored by stop()
 
     def _make_executor(self, t0: float) -> ChunkExecutor:
         grid = StepGrid(t0, self.policy.dt)
@@ -243,9 +247,12 @@ class PolicyRuntime:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+        if self._switch_interval is None:
+            return  # never started
         gc.enable()
         gc.unfreeze()
         sys.setswitchinterval(self._switch_interval)
+        self._switch_interval = None
 
     def estop(self, reason: str = "e-stop") -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from apprentice.pipeline import (
     Stage,
     dataset_config,
     demo_stages,
+    drop_run_without_ema,
     format_table,
     link_successful,
     parse_record_rows,
@@ -181,3 +182,14 @@ def test_plot_joints_writes_a_png(tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     img = cv2.imread(str(path))
     assert img.shape[0] > img.shape[1] / 2  # two panels stacked
+
+
+def test_a_demo_run_without_an_ema_is_trained_again(tmp_path: Path) -> None:
+    last = tmp_path / "run" / "checkpoints" / "last"
+    last.mkdir(parents=True)
+    (last / "state.json").write_text(json.dumps({"step": 6000}))
+    (last / "ema").mkdir()
+    assert not drop_run_without_ema(tmp_path / "run") and last.exists()  # has one: resumed
+    (last / "ema").rmdir()
+    assert drop_run_without_ema(tmp_path / "run") and not (tmp_path / "run").exists()
+    assert not drop_run_without_ema(tmp_path / "run")  # nothing there: nothing to do

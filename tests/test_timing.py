@@ -8,6 +8,13 @@ import time
 from apprentice.timing import RateLoop
 
 
+def _whole_periods(a: float, b: float, period: float = 0.01) -> int:
+    """(b - a) in periods, which must be a whole number (to float precision of the clock)."""
+    n = (b - a) / period
+    assert abs(n - round(n)) < 1e-4, n
+    return round(n)
+
+
 def test_ticks_on_absolute_deadlines_without_drift() -> None:
     stop = threading.Event()
     loop = RateLoop(100.0, stop)
@@ -17,10 +24,9 @@ def test_ticks_on_absolute_deadlines_without_drift() -> None:
         wakes.append(time.monotonic())
         if len(deadlines) == 50:
             stop.set()
-    steps = [b - a for a, b in zip(deadlines, deadlines[1:], strict=False)]
-    assert all(abs(s - 0.01) < 1e-9 for s in steps)  # the grid itself never drifts
+    steps = [_whole_periods(deadlines[0], d) for d in deadlines]  # on the grid: no drift
     assert all(w >= d for w, d in zip(wakes, deadlines, strict=True))  # never early
-    assert loop.missed == 0
+    assert steps[-1] == 49 + loop.missed  # a late tick is skipped, not moved
 
 
 def test_an_overrun_skips_ticks_instead_of_bunching_them() -> None:
@@ -31,14 +37,15 @@ def test_an_overrun_skips_ticks_instead_of_bunching_them() -> None:
         deadlines.append(deadline)
         if len(deadlines) == 3:
             time.sleep(0.055)  # 5.5 periods
-        if len(deadlines) == 6:
+        if len(deadlines) == 8:
             stop.set()
-    assert loop.missed == 4  # d+10 … d+40 ms; d+50 runs late, on the grid
-    steps = [round((b - a) / 0.01, 6) for a, b in zip(deadlines, deadlines[1:], strict=False)]
-    assert steps == [1.0, 1.0, 5.0, 1.0, 1.0]  # one catch-up tick, then back on the grid
+    assert loop.missed >= 4  # d+10 … d+40 ms at least (more if the host was slow too)
+    steps = [_whole_periods(a, b) for a, b in zip(deadlines, deadlines[1:], strict=False)]
+    assert steps[2] >= 5  # one catch-up tick on the grid, never a burst of the missed ones
+    assert sum(steps) == 7 + loop.missed
 
 
-def test_a_slow_loop_stops_within_a_tenth_of_a_second() -> None:
+def test_a_slow_loop_stops_without_waiting_for_its_next_tick() -> None:
     stop = threading.Event()
     ticks = []
 
@@ -53,5 +60,5 @@ def test_a_slow_loop_stops_within_a_tenth_of_a_second() -> None:
     stop.set()
     thread.join(2.0)
     assert not thread.is_alive()
-    assert time.monotonic() - t0 < 0.15
+    assert time.monotonic() - t0 < 0.5  # not the 2 s period
     assert len(ticks) == 1

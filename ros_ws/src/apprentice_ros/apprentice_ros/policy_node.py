@@ -175,6 +175,8 @@ class PolicyNode(Node):
             raise PolicyRefused(f"unknown output {p['output']!r}; known: {sorted(OUTPUTS)}")
         if not p["policy_dir"]:
             raise PolicyRefused("parameter policy_dir is required")
+        if not p["switch_interval"] > 0:
+            raise PolicyRefused(f"switch_interval must be > 0 s, got {p['switch_interval']}")
         policy = open_policy(p["policy_dir"], p["execution_provider"], p["threads"])
         log.info(
             f"policy {p['policy_dir']} ({policy.card['policy_type']}): execution provider "
