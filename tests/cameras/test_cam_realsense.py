@@ -102,7 +102,10 @@ def test_playback_keeps_exact_pixels_depth_stamps_and_intrinsics(recording) -> N
     index = [int(np.argmin(np.abs(stamps / 1e3 - f.stamp))) for f in got]
     # Every recorded frame is accounted for: delivered, or dropped because a newer one came
     # before this reader asked (non-real-time playback loses none in the pipeline).
-    assert cam.lost_upstream == 0 and index[0] == 0, index
+    assert cam.lost_upstream == 0, index
+    # the first frames can be missing only as dropped ones (seen once in CI: frame 0 superseded
+    # by frame 1 before the first read, dropped = 1)
+    assert index[0] <= cam.dropped, (index, cam.dropped)
     assert len(got) + cam.dropped == N, (index, cam.dropped)
     assert len(got) >= N // 2, index
     assert index == sorted(set(index)) and [f.seq for f in got] == sorted({f.seq for f in got})
