@@ -72,7 +72,8 @@ DEFAULTS = {
     "execution_provider": "auto",  # auto | cpu | cuda | tensorrt
     "threads": 1,  # onnxruntime intra-op threads
     "realtime_priority": 0,  # > 0: SCHED_FIFO priority of the control thread (needs rights)
-    "switch_interval": 0.0001,  # s: longest GIL hold while the control thread waits for it
+    "switch_interval": 0.0001,  # s: GIL switch interval while the loop runs (how soon a busy
+    # Python thread hands the GIL to the woken control thread)
     "startup_timeout": 10.0,  # s to wait for the robot's first messages
     "estop_topic": "/estop",
 }
