@@ -296,7 +296,9 @@ class DemoConfig:
     cores) exported from an EMA of the weights, 20 eval episodes (~5 min).
 
     EMA: the last weights of a constant-rate run are noisy; the same run's EMA (decay 0.999)
-    did 12/20 closed loop against 3/20 for its raw weights (8000 steps)."""
+    did 12/20 closed loop against 3/20 for its raw weights (8000 steps).
+    Camera: the graphs' top camera (50° lens, 2×2 supersampling) took the demo from 10/20 to
+    17/20; through the MJCF's 78° lens, aliased, the cube was ~3 px and most grasps missed."""
 
     episodes: int = 50  # scripted demonstrations
     image_hw: tuple[int, int] = (96, 128)  # the sim renders at this size, recorded and live
@@ -388,6 +390,42 @@ def demo_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
     ]  # fmt: skip
 
 
+RECORD_GRAPH = "record_sim_aloha"  # `apprentice record`'s default graph
+SETUP_FILE = "setup.json"
+# sim_robot parameters that change what the policy sees (not only how fast it runs)
+CAMERA_KEYS = ("scene", "cameras", "camera_fovy", "supersample")
+
+
+def demo_setup(cfg: DemoConfig) -> dict[str, Any]:
+    """What a demo folder's recordings and policy depend on: the image size and the simulated
+    cameras of the record and eval graphs (lens, supersampling)."""
+    from apprentice.graph import load_graph
+
+    sims = {}
+    for name in (RECORD_GRAPH, EVAL_GRAPH):
+        sim = next(p for p in load_graph(name).processes if p.executable == "sim_robot")
+        sims[name] = {k: sim.parameters.get(k) for k in CAMERA_KEYS}
+    return {"image_hw": list(cfg.image_hw), "sim": sims}
+
+
+def set_aside_if_other_setup(out: Path, setup: dict[str, Any]) -> Path | None:
+    """A folder whose stages were made with other cameras (or before the setup was written
+    down) is renamed to <out>.<time>, not reused: its demos would train a policy for a camera
+    the eval no longer has. Returns the new name, or None when the folder can be reused."""
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    file = out / SETUP_FILE
+    if file.exists() and json.loads(file.read_text()) == setup:
+        return None
+    stamp, n = time.strftime("%Y%m%d-%H%M%S"), 1
+    aside = out.with_name(f"{out.name}.{stamp}")
+    while aside.exists():
+        n += 1
+        aside = out.with_name(f"{out.name}.{stamp}-{n}")
+    out.rename(aside)
+    return aside
+
+
 def drop_run_without_ema(run: Path) -> bool:
     """Deletes a training run that keeps no EMA (one from before the demo exported the EMA):
     resuming it would export its last weights. True when it did."""
@@ -433,7 +471,13 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)
+    setup = demo_setup(cfg)
+    aside = set_aside_if_other_setup(out, setup)
+    if aside is not None:
+        print(f"demo: {out} was made with other camera settings (or by an older version): "
+              f"moved to {aside}; starting over", flush=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
+    (out / SETUP_FILE).write_text(json.dumps(setup, indent=2))
     (out / "dataset.yaml").write_text(yaml.safe_dump(dataset_config(cfg.image_hw)))
     if drop_run_without_ema(out / "run"):
         print("train: the run in this folder keeps no EMA of its weights: training again")

@@ -14,6 +14,7 @@ from apprentice.pipeline import (
     DemoConfig,
     Stage,
     dataset_config,
+    demo_setup,
     demo_stages,
     drop_run_without_ema,
     format_table,
@@ -21,6 +22,7 @@ from apprentice.pipeline import (
     parse_record_rows,
     plot_joints,
     policy_arms,
+    set_aside_if_other_setup,
     stale_after,
     summarize,
     write_video,
@@ -193,3 +195,29 @@ def test_a_demo_run_without_an_ema_is_trained_again(tmp_path: Path) -> None:
     (last / "ema").rmdir()
     assert drop_run_without_ema(tmp_path / "run") and not (tmp_path / "run").exists()
     assert not drop_run_without_ema(tmp_path / "run")  # nothing there: nothing to do
+
+
+def test_record_and_eval_graphs_show_the_policy_the_same_camera() -> None:
+    sims = demo_setup(DemoConfig())["sim"]
+    record, evaluate = sims.values()
+    assert record == evaluate, sims  # lens, supersampling, scene, cameras
+    assert record["camera_fovy"] and record["supersample"] >= 1
+
+
+def test_a_demo_folder_made_with_other_cameras_is_set_aside(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    setup = demo_setup(DemoConfig())
+    assert set_aside_if_other_setup(out, setup) is None  # nothing there yet
+    out.mkdir()
+    assert set_aside_if_other_setup(out, setup) is None  # empty: nothing to lose
+    (out / "demos").mkdir()  # made by a version that did not write its setup down
+    aside = set_aside_if_other_setup(out, setup)
+    assert aside is not None and (aside / "demos").is_dir() and not out.exists()
+    out.mkdir()
+    (out / "setup.json").write_text(json.dumps(setup))
+    (out / "demos").mkdir()
+    assert set_aside_if_other_setup(out, setup) is None and (out / "demos").is_dir()
+    other = {**setup, "sim": {k: {**v, "camera_fovy": [78.0]} for k, v in setup["sim"].items()}}
+    (out / "setup.json").write_text(json.dumps(other))
+    aside2 = set_aside_if_other_setup(out, setup)
+    assert aside2 is not None and aside2 != aside and (aside2 / "demos").is_dir()

@@ -17,6 +17,7 @@ import time
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen; set MUJOCO_GL=osmesa where EGL is absent
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
+import cv2  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -174,13 +175,26 @@ class MujocoWorld:
                 f"scene {self.scene.name} has no arm {name!r}; arms: {', '.join(self._arms)}"
             ) from None
 
-    def camera(self, name: str, width: int = 320, height: int = 240, fps: float = 30.0):
+    def camera(
+        self,
+        name: str,
+        width: int = 320,
+        height: int = 240,
+        fps: float = 30.0,
+        fovy: float | None = None,
+        supersample: int = 1,
+    ) -> MujocoCamera:
+        """fovy: the lens (vertical field of view, degrees; None keeps the scene's). It belongs
+        to the named camera, so every reader of that camera sees the last one set.
+        supersample: render k×k pixels per output pixel and average them (a real sensor
+        integrates light over each pixel; without it a small object's position in the image
+        moves in whole pixels)."""
         if name not in self.scene.cameras:
             raise ValueError(
                 f"scene {self.scene.name} has no camera {name!r}; "
                 f"cameras: {', '.join(self.scene.cameras)}"
             )
-        return MujocoCamera(self, name, width, height, fps)
+        return MujocoCamera(self, name, width, height, fps, fovy, supersample)
 
 
 class MujocoArm:
@@ -261,16 +275,37 @@ class MujocoCamera:
     created in the first thread that reads, and must stay on that thread.
     """
 
-    def __init__(self, world: MujocoWorld, name: str, width: int, height: int, fps: float) -> None:
+    def __init__(
+        self,
+        world: MujocoWorld,
+        name: str,
+        width: int,
+        height: int,
+        fps: float,
+        fovy: float | None = None,
+        supersample: int = 1,
+    ) -> None:
         if fps <= 0:
             raise ValueError("fps must be positive")
+        if fovy is not None and not 0.0 < fovy < 180.0:
+            raise ValueError(f"camera {name}: fovy must be in (0, 180) degrees, got {fovy}")
+        if int(supersample) != supersample or supersample < 1:
+            raise ValueError(f"camera {name}: supersample must be a whole number >= 1")
         self.world = world
         self.name = name
         self.fps = fps
+        self.supersample = int(supersample)
         m = world.model
         cam = m.camera(name)
+        if fovy is not None:
+            with world.lock:
+                m.cam_fovy[cam.id] = fovy
+        # The offscreen buffer (MJCF <global offwidth/offheight>) must hold the rendered size.
+        g = m.vis.global_
+        g.offwidth = max(int(g.offwidth), width * self.supersample)
+        g.offheight = max(int(g.offheight), height * self.supersample)
         # MuJoCo's fovy is the vertical field of view; pixels are square, principal point centred.
-        f = 0.5 * height / np.tan(np.deg2rad(float(cam.fovy[0])) / 2)
+        f = 0.5 * height / np.tan(np.deg2rad(float(m.cam_fovy[cam.id])) / 2)
         self._spec = CameraSpec(name, width, height, f, f, (width - 1) / 2, (height - 1) / 2)
         self._render_data = mujoco.MjData(m)
         self._renderer: mujoco.Renderer | None = None
@@ -317,11 +352,15 @@ class MujocoCamera:
         mujoco.mj_kinematics(m, rd)
         mujoco.mj_camlight(m, rd)
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(m, self._spec.height, self._spec.width)
+            k = self.supersample
+            self._renderer = mujoco.Renderer(m, self._spec.height * k, self._spec.width * k)
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
         self._renderer.update_scene(rd, camera=self.name)
-        image = self._renderer.render()  # (H, W, 3) uint8, a fresh array
+        image = self._renderer.render()  # (kH, kW, 3) uint8, a fresh array
+        if self.supersample > 1:  # INTER_AREA at a whole factor: the mean of each k×k block
+            size = (self._spec.width, self._spec.height)
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         self._seq += 1
         return Frame(w.stamp(rd.time), image, self._seq)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rclpy
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CameraInfo, JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
@@ -24,11 +24,15 @@ from apprentice.graph import GraphRunner, load_graph
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 CAMERAS = ("top", "angle")
+FOVY_PARAM = (50.0, 0.0)
 
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    g = load_graph("sim_aloha").with_parameters({"cameras": list(CAMERAS)})
+    # top through a 50° lens (the graph's), angle through the scene's own (0 keeps it: 78°)
+    g = load_graph("sim_aloha").with_parameters(
+        {"cameras": list(CAMERAS), "camera_fovy": list(FOVY_PARAM)}
+    )
     logs = tmp_path_factory.mktemp("graph-logs")
     runner = GraphRunner(g, log_dir=logs).start()
     yield runner
@@ -73,6 +77,22 @@ def test_rates_and_stamps_seen_by_an_independent_subscriber(graph, tmp_path) -> 
         tol = 5.0 if nominal == 100.0 else 3.0
         assert abs(r["rate_hz"] - nominal) <= tol, (topic, r)
         assert r["strictly_increasing"], (topic, r)
+
+
+def test_each_camera_has_its_lens_in_camera_info(graph, node) -> None:
+    infos: dict[str, CameraInfo] = {}
+    for cam in CAMERAS:
+        node.create_subscription(
+            CameraInfo, f"/cameras/{cam}/camera_info", lambda m, c=cam: infos.setdefault(c, m), 10
+        )
+    end = time.monotonic() + 20
+    while len(infos) < len(CAMERAS) and time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    assert set(infos) == set(CAMERAS), f"camera_info from {sorted(infos)} only"
+    for cam, fovy in zip(CAMERAS, (50.0, 78.0), strict=True):  # 78: the MJCF's fovy
+        info = infos[cam]
+        expected = 0.5 * info.height / np.tan(np.deg2rad(fovy) / 2)
+        assert info.k[0] == pytest.approx(expected, rel=1e-6), (cam, info.k)
 
 
 class Watcher:

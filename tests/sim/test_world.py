@@ -69,6 +69,61 @@ def test_camera_renders_with_intrinsics_and_increasing_stamps() -> None:
     assert k[0, 0] == pytest.approx(k[1, 1]) and k[0, 2] == pytest.approx(79.5)
 
 
+def _red_centroid_x(image: np.ndarray) -> tuple[float, float]:
+    """(x centroid, area) of the red cube, weighted by how red each pixel is (0..1)."""
+    rgb = image.astype(float)
+    red = np.clip((rgb[..., 0] - rgb[..., 1]) / 200.0, 0.0, 1.0)  # the table and arms are grey
+    xs = np.arange(image.shape[1])[None, :]
+    return float((red * xs).sum() / red.sum()), float(red.sum())
+
+
+def _render_cube_at(world: MujocoWorld, cam, xs: list[float]) -> list[np.ndarray]:
+    box = world.model.body("box")
+    adr = world.model.jnt_qposadr[box.jntadr[0]]
+    images = []
+    for x in xs:
+        with world.lock:
+            world.data.qpos[adr] = x
+            world.data.qvel[:] = 0.0
+        images.append(cam.read().image)
+    return images
+
+
+def test_lens_zooms_and_supersampling_gives_sub_pixel_position() -> None:
+    """A narrower fovy magnifies (area × (tan(78°/2)/tan(50°/2))² ≈ 3) and changes fx; with
+    4×4 supersampling, a cube moved by quarter pixels moves its image centroid by quarter
+    pixels; rendered aliased, the image moves in whole-pixel jumps or not at all."""
+    world = MujocoWorld("aloha_transfer_cube", seed=0)
+    world.start()
+    try:
+        x0 = float(world.object_position("box")[0])
+        wide = world.camera("top", 128, 96, fps=200)
+        (img_wide,) = _render_cube_at(world, wide, [x0])
+        sharp = world.camera("top", 128, 96, fps=200, fovy=50.0)
+        smooth = world.camera("top", 128, 96, fps=200, fovy=50.0, supersample=4)
+        pixel_m = 2 * 0.75 * np.tan(np.deg2rad(25.0)) / 96  # m per pixel near the cube top
+        xs = [x0 + i * 0.25 * pixel_m for i in range(9)]  # 0 .. 2 px in quarter pixels
+        sharp_imgs = _render_cube_at(world, sharp, xs)
+        smooth_imgs = _render_cube_at(world, smooth, xs)
+    finally:
+        world.stop()
+    k_wide, k_zoom = wide.spec.fx, smooth.spec.fx
+    assert k_wide == pytest.approx(0.5 * 96 / np.tan(np.deg2rad(78.0) / 2))
+    assert k_zoom == pytest.approx(0.5 * 96 / np.tan(np.deg2rad(50.0) / 2))
+    area_ratio = _red_centroid_x(smooth_imgs[0])[1] / _red_centroid_x(img_wide)[1]
+    assert 2.2 < area_ratio < 4.0, area_ratio
+    assert smooth_imgs[0].shape == (96, 128, 3) and smooth_imgs[0].dtype == np.uint8
+    cx_smooth = np.array([_red_centroid_x(i)[0] for i in smooth_imgs])
+    cx_sharp = np.array([_red_centroid_x(i)[0] for i in sharp_imgs])
+    steps = np.diff(cx_smooth)
+    print("centroids, 4x4 supersampled:", np.round(cx_smooth, 3), "aliased:", np.round(cx_sharp, 3))
+    # quarter-pixel moves, each seen (within a factor ~2), the same way round
+    assert np.all(np.abs(steps) > 0.08) and (np.all(steps > 0) or np.all(steps < 0)), steps
+    assert abs(abs(cx_smooth[-1] - cx_smooth[0]) - 2.0) < 0.6, cx_smooth
+    # aliased: the centroid stays put, then jumps (by about a column of the cube at once)
+    assert np.abs(np.diff(cx_sharp)).max() > 1.5 * np.abs(steps).max(), (cx_sharp, cx_smooth)
+
+
 def test_realtime_pacing() -> None:
     world = MujocoWorld("so100_lift", seed=0)
     t0 = world.sim_time

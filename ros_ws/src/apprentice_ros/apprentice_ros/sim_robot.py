@@ -32,6 +32,10 @@ DEFAULTS = {
     "camera_rate": 30.0,
     "image_width": 320,
     "image_height": 240,
+    # Lens: vertical field of view per camera in degrees, one value for all or one per camera;
+    # 0 keeps the scene's (ALOHA's top camera: 78).
+    "camera_fovy": [0.0],
+    "supersample": 1,  # k×k rendered pixels averaged per image pixel (1: aliased edges)
     "jpeg_quality": 90,
     "publish_raw": True,
     "publish_compressed": True,
@@ -59,6 +63,17 @@ class SimNode(Node):
         return res
 
 
+def camera_fovys(cameras: list[str], fovy: list[float]) -> list[float | None]:
+    """The camera_fovy parameter, one entry per camera (None: the scene's lens)."""
+    if len(fovy) == 1:
+        fovy = list(fovy) * len(cameras)
+    if len(fovy) != len(cameras):
+        raise ValueError(
+            f"camera_fovy has {len(fovy)} values for {len(cameras)} cameras: give one or one each"
+        )
+    return [float(f) if f > 0 else None for f in fovy]
+
+
 def main(args: list[str] | None = None) -> None:
     init(args)
     sim_node_params = Node("sim_robot_params")
@@ -74,8 +89,11 @@ def main(args: list[str] | None = None) -> None:
                 world.arm(arm), "arm_driver", namespace=arm, rate_hz=p["joint_state_rate"]
             )
         )
-    for cam in p["cameras"]:
-        camera = world.camera(cam, p["image_width"], p["image_height"], p["camera_rate"])
+    fovys = camera_fovys(p["cameras"], p["camera_fovy"])
+    for cam, fovy in zip(p["cameras"], fovys, strict=True):
+        camera = world.camera(
+            cam, p["image_width"], p["image_height"], p["camera_rate"], fovy, p["supersample"]
+        )
         nodes.append(
             CameraNode(
                 camera,
