@@ -51,7 +51,8 @@ def load_model(scene: SceneDef) -> mujoco.MjModel:
                 model.actuator_gainprm[act, 0] = kp  # position actuator: kp * (ctrl - q)
                 model.actuator_biasprm[act, 1] = -kp
     # Shadows and multisampling cost ~80 % of an offscreen frame on a software rasterizer
-    # (62 ms → 12 ms at 480×640 with Mesa llvmpipe) and add nothing a policy needs.
+    # (62 ms → 12 ms at 480×640 with Mesa llvmpipe) and add nothing a policy needs (anti-aliasing
+    # where it matters: MujocoCamera's supersample, +1 ms per 128×96 frame at 2×2).
     model.vis.quality.shadowsize = 0
     model.vis.quality.offsamples = 0
     return model
