@@ -8,7 +8,7 @@ import sys
 
 from apprentice.graph import GraphRunner, load_graph, parse_overrides
 from apprentice.learning.train_cli import add_subcommands as add_learning_subcommands
-from apprentice.pipeline import add_demo_arguments, run_demo
+from apprentice.pipeline import RECORD_GRAPH, add_demo_arguments, run_demo
 from apprentice.pipeline import add_subcommands as add_pipeline_subcommands
 from apprentice.transport import isolated_domain_id, ros_env
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rec = sub.add_parser("record", help="record demonstrations into a dataset of episode bags")
     rec.add_argument(
-        "--graph", "--robot", default="record_sim_aloha", help="robot + teleop + recorder graph"
+        "--graph", "--robot", default=RECORD_GRAPH, help="robot + teleop + recorder graph"
     )
     rec.add_argument("--task", help="task label saved with each episode")
     rec.add_argument("--episodes", type=int, default=1)

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 EVAL_GRAPH = "eval_sim_aloha"
+RECORD_GRAPH = "record_sim_aloha"  # `apprentice record`'s default graph
 RESULTS_FILE = "results.json"
 POLICY_LABEL = "policy"  # the eval graph's policy process, restarted per episode
 FEW_DEMOS = 10  # fewer successful demonstrations than this: warn
@@ -169,6 +170,14 @@ def policy_arms(card: dict[str, Any], scene: str) -> list[str]:
     return order
 
 
+def sim_process(graph: Any) -> Any:
+    """The graph's sim_robot process (apprentice.graph.Process)."""
+    try:
+        return next(p for p in graph.processes if p.executable == "sim_robot")
+    except StopIteration:
+        raise ValueError(f"graph {graph.name} has no sim_robot process") from None
+
+
 def eval_graph(
     card: dict[str, Any], policy_dir: Path, graph: str, seed0: int
 ) -> tuple[Any, dict[str, Any]]:
@@ -181,7 +190,7 @@ def eval_graph(
     by_label = {p.label: p for p in g.processes}
     if POLICY_LABEL not in by_label:
         raise ValueError(f"graph {g.name} has no process labelled {POLICY_LABEL!r}")
-    sim = next(p for p in g.processes if p.executable == "sim_robot")
+    sim = sim_process(g)
     scene = sim.parameters.get("scene", "aloha_transfer_cube")
     arms = policy_arms(card, scene)
     cams = card["cameras"]
@@ -390,7 +399,6 @@ def demo_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
     ]  # fmt: skip
 
 
-RECORD_GRAPH = "record_sim_aloha"  # `apprentice record`'s default graph
 SETUP_FILE = "setup.json"
 # sim_robot parameters that change what the policy sees (not only how fast it runs)
 CAMERA_KEYS = ("scene", "cameras", "camera_fovy", "supersample")
@@ -403,7 +411,7 @@ def demo_setup(cfg: DemoConfig) -> dict[str, Any]:
 
     sims = {}
     for name in (RECORD_GRAPH, EVAL_GRAPH):
-        sim = next(p for p in load_graph(name).processes if p.executable == "sim_robot")
+        sim = sim_process(load_graph(name))
         sims[name] = {k: sim.parameters.get(k) for k in CAMERA_KEYS}
     return {"image_hw": list(cfg.image_hw), "sim": sims}
 
