@@ -85,6 +85,7 @@ def _render_cube_at(world: MujocoWorld, cam, xs: list[float]) -> list[np.ndarray
         with world.lock:
             world.data.qpos[adr] = x
             world.data.qvel[:] = 0.0
+        world.step(1)  # a new physics state for the camera to show
         images.append(cam.read().image)
     return images
 
@@ -93,20 +94,19 @@ def test_lens_zooms_and_supersampling_gives_sub_pixel_position() -> None:
     """A narrower fovy magnifies (area × (tan(78°/2)/tan(50°/2))² ≈ 3) and changes fx; with
     4×4 supersampling, a cube moved by quarter pixels moves its image centroid by quarter
     pixels; rendered aliased, the image moves in whole-pixel jumps or not at all."""
+    # Physics stepped here, not paced on a thread: the cube is spawned above the table and
+    # must have settled (a falling cube also moves in the image), whatever the host's speed.
     world = MujocoWorld("aloha_transfer_cube", seed=0)
-    world.start()
-    try:
-        x0 = float(world.object_position("box")[0])
-        wide = world.camera("top", 128, 96, fps=200)
-        (img_wide,) = _render_cube_at(world, wide, [x0])
-        sharp = world.camera("top", 128, 96, fps=200, fovy=50.0)
-        smooth = world.camera("top", 128, 96, fps=200, fovy=50.0, supersample=4)
-        pixel_m = 2 * 0.75 * np.tan(np.deg2rad(25.0)) / 96  # m per pixel near the cube top
-        xs = [x0 + i * 0.25 * pixel_m for i in range(9)]  # 0 .. 2 px in quarter pixels
-        sharp_imgs = _render_cube_at(world, sharp, xs)
-        smooth_imgs = _render_cube_at(world, smooth, xs)
-    finally:
-        world.stop()
+    world.step(1000)  # 2 s
+    x0 = float(world.object_position("box")[0])
+    wide = world.camera("top", 128, 96, fps=200)
+    (img_wide,) = _render_cube_at(world, wide, [x0])
+    sharp = world.camera("top", 128, 96, fps=200, fovy=50.0)
+    smooth = world.camera("top", 128, 96, fps=200, fovy=50.0, supersample=4)
+    pixel_m = 2 * 0.75 * np.tan(np.deg2rad(25.0)) / 96  # m per pixel near the cube top
+    xs = [x0 + i * 0.25 * pixel_m for i in range(9)]  # 0 .. 2 px in quarter pixels
+    sharp_imgs = _render_cube_at(world, sharp, xs)
+    smooth_imgs = _render_cube_at(world, smooth, xs)
     k_wide, k_zoom = wide.spec.fx, smooth.spec.fx
     assert k_wide == pytest.approx(0.5 * 96 / np.tan(np.deg2rad(78.0) / 2))
     assert k_zoom == pytest.approx(0.5 * 96 / np.tan(np.deg2rad(50.0) / 2))
