@@ -307,7 +307,8 @@ class DemoConfig:
     EMA: the last weights of a constant-rate run are noisy; the same run's EMA (decay 0.999)
     did 12/20 closed loop against 3/20 for its raw weights (8000 steps).
     Camera: the graphs' top camera (50° lens, 2×2 supersampling) took the demo from 10/20 to
-    17/20; through the MJCF's 78° lens, aliased, the cube was ~3 px and most grasps missed."""
+    17/20 and 18/20 (two demos); through the MJCF's 78° lens, aliased, the cube was ~3 px
+    and most grasps missed."""
 
     episodes: int = 50  # scripted demonstrations
     image_hw: tuple[int, int] = (96, 128)  # the sim renders at this size, recorded and live
@@ -423,8 +424,11 @@ def set_aside_if_other_setup(out: Path, setup: dict[str, Any]) -> Path | None:
     if not out.exists() or not any(out.iterdir()):
         return None
     file = out / SETUP_FILE
-    if file.exists() and json.loads(file.read_text()) == setup:
-        return None
+    try:
+        if json.loads(file.read_text()) == setup:
+            return None
+    except (OSError, ValueError):  # none, or unreadable: not known to match
+        pass
     stamp, n = time.strftime("%Y%m%d-%H%M%S"), 1
     aside = out.with_name(f"{out.name}.{stamp}")
     while aside.exists():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from apprentice.dataset import DatasetConfig
+from apprentice.graph import load_graph
 from apprentice.pipeline import (
     DemoConfig,
     Stage,
@@ -23,6 +24,7 @@ from apprentice.pipeline import (
     plot_joints,
     policy_arms,
     set_aside_if_other_setup,
+    sim_process,
     stale_after,
     summarize,
     write_video,
@@ -201,7 +203,11 @@ def test_record_and_eval_graphs_show_the_policy_the_same_camera() -> None:
     sims = demo_setup(DemoConfig())["sim"]
     record, evaluate = sims.values()
     assert record == evaluate, sims  # lens, supersampling, scene, cameras
-    assert record["camera_fovy"] and record["supersample"] >= 1
+    assert record["camera_fovy"] == ["top=50"] and record["supersample"] == 2
+    replay = sim_process(load_graph("sim_aloha")).parameters  # `apprentice replay` renders here
+    assert {k: replay.get(k) for k in ("camera_fovy", "supersample")} == {
+        k: record[k] for k in ("camera_fovy", "supersample")
+    }
 
 
 def test_a_demo_folder_made_with_other_cameras_is_set_aside(tmp_path: Path) -> None:
@@ -221,3 +227,6 @@ def test_a_demo_folder_made_with_other_cameras_is_set_aside(tmp_path: Path) -> N
     (out / "setup.json").write_text(json.dumps(other))
     aside2 = set_aside_if_other_setup(out, setup)
     assert aside2 is not None and aside2 != aside and (aside2 / "demos").is_dir()
+    out.mkdir()
+    (out / "setup.json").write_text('{"image_hw": [96,')  # cut short (a crash while writing)
+    assert set_aside_if_other_setup(out, setup) is not None and not out.exists()

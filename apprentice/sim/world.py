@@ -185,8 +185,7 @@ class MujocoWorld:
         fovy: float | None = None,
         supersample: int = 1,
     ) -> MujocoCamera:
-        """fovy: the lens (vertical field of view, degrees; None keeps the scene's). It belongs
-        to the named camera, so every reader of that camera sees the last one set.
+        """fovy: this reader's lens (vertical field of view, degrees; None: the scene's).
         supersample: render k×k pixels per output pixel and average them (a real sensor
         integrates light over each pixel; without it a small object's position in the image
         moves in whole pixels)."""
@@ -297,16 +296,17 @@ class MujocoCamera:
         self.fps = fps
         self.supersample = int(supersample)
         m = world.model
-        cam = m.camera(name)
-        if fovy is not None:
-            with world.lock:
-                m.cam_fovy[cam.id] = fovy
+        scene_fovy = float(m.camera(name).fovy[0])
+        self.fovy = scene_fovy if fovy is None else float(fovy)
+        # This reader's own lens: the renderer's frustum is scaled after each update_scene (the
+        # model's cam_fovy is shared by every reader of the camera and stays the scene's).
+        self._zoom = np.tan(np.deg2rad(self.fovy) / 2) / np.tan(np.deg2rad(scene_fovy) / 2)
         # The offscreen buffer (MJCF <global offwidth/offheight>) must hold the rendered size.
         g = m.vis.global_
         g.offwidth = max(int(g.offwidth), width * self.supersample)
         g.offheight = max(int(g.offheight), height * self.supersample)
         # MuJoCo's fovy is the vertical field of view; pixels are square, principal point centred.
-        f = 0.5 * height / np.tan(np.deg2rad(float(m.cam_fovy[cam.id])) / 2)
+        f = 0.5 * height / np.tan(np.deg2rad(self.fovy) / 2)
         self._spec = CameraSpec(name, width, height, f, f, (width - 1) / 2, (height - 1) / 2)
         self._render_data = mujoco.MjData(m)
         self._renderer: mujoco.Renderer | None = None
@@ -358,6 +358,11 @@ class MujocoCamera:
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
         self._renderer.update_scene(rd, camera=self.name)
+        if self._zoom != 1.0:
+            for glcam in self._renderer.scene.camera:  # both eyes (mono: the same frustum)
+                glcam.frustum_top *= self._zoom
+                glcam.frustum_bottom *= self._zoom
+                glcam.frustum_center *= self._zoom
         image = self._renderer.render()  # (kH, kW, 3) uint8, a fresh array
         if self.supersample > 1:  # INTER_AREA at a whole factor: the mean of each k×k block
             size = (self._spec.width, self._spec.height)

@@ -20,16 +20,18 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from apprentice.graph import GraphRunner, load_graph
+from apprentice.sim.scenes import get_scene
+from apprentice_ros.sim_robot import camera_fovys, whole_number
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 CAMERAS = ("top", "angle")
-FOVY_PARAM = (50.0, 0.0)
+FOVY_PARAM = ("top=50",)  # angle keeps the scene's lens
 
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    # top through a 50° lens (the graph's), angle through the scene's own (0 keeps it: 78°)
+    # top through a 50° lens (as the graph has it), angle through the scene's own (78°)
     g = load_graph("sim_aloha").with_parameters(
         {"cameras": list(CAMERAS), "camera_fovy": list(FOVY_PARAM)}
     )
@@ -77,6 +79,19 @@ def test_rates_and_stamps_seen_by_an_independent_subscriber(graph, tmp_path) -> 
         tol = 5.0 if nominal == 100.0 else 3.0
         assert abs(r["rate_hz"] - nominal) <= tol, (topic, r)
         assert r["strictly_increasing"], (topic, r)
+
+
+def test_camera_fovy_entries_name_their_camera() -> None:
+    known = get_scene("aloha_transfer_cube").cameras
+    assert camera_fovys(["top", "angle"], ["top=50", "left_wrist=30"], known) == [50.0, None]
+    assert camera_fovys(["top"], None, known) == [None]
+    for bad in (["top"], ["top=0"], ["top=180"], ["top=wide"], ["nope=50"]):
+        with pytest.raises(ValueError):
+            camera_fovys(["top"], bad, known)
+    assert whole_number("supersample", 2.0) == 2
+    for bad in (2.5, "2", True):
+        with pytest.raises(ValueError):
+            whole_number("supersample", bad)
 
 
 def test_each_camera_has_its_lens_in_camera_info(graph, node) -> None:

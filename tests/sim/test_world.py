@@ -93,7 +93,8 @@ def _render_cube_at(world: MujocoWorld, cam, xs: list[float]) -> list[np.ndarray
 def test_lens_zooms_and_supersampling_gives_sub_pixel_position() -> None:
     """A narrower fovy magnifies (area × (tan(78°/2)/tan(50°/2))² ≈ 3) and changes fx; with
     4×4 supersampling, a cube moved by quarter pixels moves its image centroid by quarter
-    pixels; rendered aliased, the image moves in whole-pixel jumps or not at all."""
+    pixels (measured 0.22-0.29 px), with 2×2 by 0.06-0.45 px; rendered aliased, the image
+    moves in jumps (up to 0.84 px) or not at all."""
     # Physics stepped here, not paced on a thread: the cube is spawned above the table and
     # must have settled (a falling cube also moves in the image), whatever the host's speed.
     world = MujocoWorld("aloha_transfer_cube", seed=0)
@@ -107,6 +108,14 @@ def test_lens_zooms_and_supersampling_gives_sub_pixel_position() -> None:
     xs = [x0 + i * 0.25 * pixel_m for i in range(9)]  # 0 .. 2 px in quarter pixels
     sharp_imgs = _render_cube_at(world, sharp, xs)
     smooth_imgs = _render_cube_at(world, smooth, xs)
+    half_imgs = _render_cube_at(world, world.camera("top", 128, 96, 200, 50.0, 2), xs)
+    # Each reader keeps its own lens: a new default reader still sees the scene's 78°, and the
+    # 50° reader renders as before after it.
+    wide_again = world.camera("top", 128, 96, fps=200)
+    (img_wide_again,) = _render_cube_at(world, wide_again, [x0])
+    (sharp_again,) = _render_cube_at(world, sharp, [xs[0]])
+    assert wide_again.spec.fx == pytest.approx(wide.spec.fx)
+    assert np.array_equal(img_wide_again, img_wide) and np.array_equal(sharp_again, sharp_imgs[0])
     k_wide, k_zoom = wide.spec.fx, smooth.spec.fx
     assert k_wide == pytest.approx(0.5 * 96 / np.tan(np.deg2rad(78.0) / 2))
     assert k_zoom == pytest.approx(0.5 * 96 / np.tan(np.deg2rad(50.0) / 2))
@@ -115,11 +124,16 @@ def test_lens_zooms_and_supersampling_gives_sub_pixel_position() -> None:
     assert smooth_imgs[0].shape == (96, 128, 3) and smooth_imgs[0].dtype == np.uint8
     cx_smooth = np.array([_red_centroid_x(i)[0] for i in smooth_imgs])
     cx_sharp = np.array([_red_centroid_x(i)[0] for i in sharp_imgs])
+    cx_half = np.array([_red_centroid_x(i)[0] for i in half_imgs])
     steps = np.diff(cx_smooth)
-    print("centroids, 4x4 supersampled:", np.round(cx_smooth, 3), "aliased:", np.round(cx_sharp, 3))
+    print("centroids, 4x4:", np.round(cx_smooth, 3), "2x2:", np.round(cx_half, 3),
+          "aliased:", np.round(cx_sharp, 3))  # fmt: skip
     # quarter-pixel moves, each seen (within a factor ~2), the same way round
     assert np.all(np.abs(steps) > 0.08) and (np.all(steps > 0) or np.all(steps < 0)), steps
     assert abs(abs(cx_smooth[-1] - cx_smooth[0]) - 2.0) < 0.6, cx_smooth
+    # 2x2 (the graphs'): coarser, yet every quarter-pixel move still shows, the same way round
+    half_steps = np.diff(cx_half) * np.sign(steps[0])
+    assert np.all(half_steps > 0.03) and abs(half_steps.sum() - 2.0) < 0.6, cx_half
     # aliased: the centroid stays put, then jumps (by about a column of the cube at once)
     assert np.abs(np.diff(cx_sharp)).max() > 1.5 * np.abs(steps).max(), (cx_sharp, cx_smooth)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from std_msgs.msg import Bool, Int32
 from std_srvs.srv import Trigger
@@ -32,10 +33,6 @@ DEFAULTS = {
     "camera_rate": 30.0,
     "image_width": 320,
     "image_height": 240,
-    # Lens: vertical field of view per camera in degrees, one value for all or one per camera;
-    # 0 keeps the scene's (ALOHA's top camera: 78).
-    "camera_fovy": [0.0],
-    "supersample": 1,  # k×k rendered pixels averaged per image pixel (1: aliased edges)
     "jpeg_quality": 90,
     "publish_raw": True,
     "publish_compressed": True,
@@ -63,22 +60,59 @@ class SimNode(Node):
         return res
 
 
-def camera_fovys(cameras: list[str], fovy: list[float]) -> list[float | None]:
-    """The camera_fovy parameter, one entry per camera (None: the scene's lens)."""
-    if len(fovy) == 1:
-        fovy = list(fovy) * len(cameras)
-    if len(fovy) != len(cameras):
-        raise ValueError(
-            f"camera_fovy has {len(fovy)} values for {len(cameras)} cameras: give one or one each"
-        )
-    return [float(f) if f > 0 else None for f in fovy]
+# Declared with dynamic typing and checked here (a typed declaration would refuse `2.0` for an
+# integer, and cannot have an empty list as its default).
+LENS_DEFAULTS = {
+    # Lens per camera, "<camera>=<vertical field of view, degrees>"; a camera not named keeps
+    # the scene's (ALOHA's top camera: 78°, its wrist cameras: 20°).
+    "camera_fovy": [],
+    "supersample": 1,  # k×k rendered pixels averaged per image pixel (1: aliased edges)
+}
+
+
+def camera_fovys(
+    cameras: list[str], entries: list[str] | None, known: tuple[str, ...]
+) -> list[float | None]:
+    """The camera_fovy parameter (["top=50", ...]) as one lens per camera (None: the scene's).
+    An entry may name a scene camera this run does not render (replay renders a bag's
+    cameras with its graph's lenses); a name the scene lacks is an error."""
+    lens: dict[str, float] = {}
+    for entry in entries or []:
+        name, sep, value = str(entry).partition("=")
+        try:
+            fovy = float(value)
+        except ValueError:
+            fovy = float("nan")
+        if not sep or not 0.0 < fovy < 180.0:
+            raise ValueError(f"camera_fovy entry {entry!r}: want <camera>=<degrees in (0, 180)>")
+        if name not in known:
+            raise ValueError(f"camera_fovy names {name!r}; the scene's cameras: {known}")
+        lens[name] = fovy
+    return [lens.get(cam) for cam in cameras]
+
+
+def whole_number(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def declare_lens(node: Node) -> dict[str, object]:
+    out = {}
+    for name, default in LENS_DEFAULTS.items():
+        node.declare_parameter(name, None, ParameterDescriptor(name=name, dynamic_typing=True))
+        value = node.get_parameter(name).value
+        out[name] = default if value is None else value
+    return out
 
 
 def main(args: list[str] | None = None) -> None:
     init(args)
     sim_node_params = Node("sim_robot_params")
     p = declare(sim_node_params, DEFAULTS)
+    p.update(declare_lens(sim_node_params))
     sim_node_params.destroy_node()
+    supersample = whole_number("supersample", p["supersample"])
 
     world = MujocoWorld(p["scene"], seed=p["seed"])
     arms = world.arm_names if p["arms"] == ["all"] else p["arms"]
@@ -89,10 +123,10 @@ def main(args: list[str] | None = None) -> None:
                 world.arm(arm), "arm_driver", namespace=arm, rate_hz=p["joint_state_rate"]
             )
         )
-    fovys = camera_fovys(p["cameras"], p["camera_fovy"])
+    fovys = camera_fovys(p["cameras"], p["camera_fovy"], world.scene.cameras)
     for cam, fovy in zip(p["cameras"], fovys, strict=True):
         camera = world.camera(
-            cam, p["image_width"], p["image_height"], p["camera_rate"], fovy, p["supersample"]
+            cam, p["image_width"], p["image_height"], p["camera_rate"], fovy, supersample
         )
         nodes.append(
             CameraNode(
