@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from std_msgs.msg import Bool, Int32
 from std_srvs.srv import Trigger
@@ -33,6 +32,10 @@ DEFAULTS = {
     "camera_rate": 30.0,
     "image_width": 320,
     "image_height": 240,
+    # Lens per camera, "<camera>=<vertical field of view, degrees>"; a camera not named keeps
+    # the scene's (ALOHA's top camera: 78°, its wrist cameras: 20°).
+    "camera_fovy": [],
+    "supersample": 1,  # k×k rendered pixels averaged per image pixel (1: aliased edges)
     "jpeg_quality": 90,
     "publish_raw": True,
     "publish_compressed": True,
@@ -58,16 +61,6 @@ class SimNode(Node):
         res.success = True
         res.message = json.dumps({"scene": self.world.scene.name, "seed": self.world.seed})
         return res
-
-
-# Declared with dynamic typing and checked here (a typed declaration would refuse `2.0` for an
-# integer, and cannot have an empty list as its default).
-LENS_DEFAULTS = {
-    # Lens per camera, "<camera>=<vertical field of view, degrees>"; a camera not named keeps
-    # the scene's (ALOHA's top camera: 78°, its wrist cameras: 20°).
-    "camera_fovy": [],
-    "supersample": 1,  # k×k rendered pixels averaged per image pixel (1: aliased edges)
-}
 
 
 def camera_fovys(
@@ -97,20 +90,11 @@ def whole_number(name: str, value: object) -> int:
     return int(value)
 
 
-def declare_lens(node: Node) -> dict[str, object]:
-    out = {}
-    for name, default in LENS_DEFAULTS.items():
-        node.declare_parameter(name, None, ParameterDescriptor(name=name, dynamic_typing=True))
-        value = node.get_parameter(name).value
-        out[name] = default if value is None else value
-    return out
-
-
 def main(args: list[str] | None = None) -> None:
     init(args)
     sim_node_params = Node("sim_robot_params")
-    p = declare(sim_node_params, DEFAULTS)
-    p.update(declare_lens(sim_node_params))
+    # any type, checked below: an empty list has no ROS type, and 2.0 should do for 2
+    p = declare(sim_node_params, DEFAULTS, dynamic=("camera_fovy", "supersample"))
     sim_node_params.destroy_node()
     supersample = whole_number("supersample", p["supersample"])
 
