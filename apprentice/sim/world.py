@@ -289,8 +289,12 @@ class MujocoCamera:
             raise ValueError("fps must be positive")
         if fovy is not None and not 0.0 < fovy < 180.0:
             raise ValueError(f"camera {name}: fovy must be in (0, 180) degrees, got {fovy}")
-        if int(supersample) != supersample or supersample < 1:
-            raise ValueError(f"camera {name}: supersample must be a whole number >= 1")
+        # 2.0 (a YAML float) is 2; True, "2" and 2.5 are mistakes
+        whole = isinstance(supersample, (int, float)) and not isinstance(supersample, bool)
+        if not whole or supersample != int(supersample) or supersample < 1:
+            raise ValueError(
+                f"camera {name}: supersample must be a whole number >= 1, got {supersample!r}"
+            )
         self.world = world
         self.name = name
         self.fps = fps

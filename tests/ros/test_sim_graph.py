@@ -21,7 +21,7 @@ from std_srvs.srv import Trigger
 
 from apprentice.graph import GraphRunner, load_graph
 from apprentice.sim.scenes import get_scene
-from apprentice_ros.sim_robot import camera_fovys, whole_number
+from apprentice_ros.sim_robot import camera_fovys
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -88,10 +88,6 @@ def test_camera_fovy_entries_name_their_camera() -> None:
     for bad in (["top"], ["top=0"], ["top=180"], ["top=wide"], ["nope=50"]):
         with pytest.raises(ValueError):
             camera_fovys(["top"], bad, known)
-    assert whole_number("supersample", 2.0) == 2
-    for bad in (2.5, "2", True):
-        with pytest.raises(ValueError):
-            whole_number("supersample", bad)
 
 
 def test_each_camera_has_its_lens_in_camera_info(graph, node) -> None:

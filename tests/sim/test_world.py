@@ -138,6 +138,14 @@ def test_lens_zooms_and_supersampling_gives_sub_pixel_position() -> None:
     assert np.abs(np.diff(cx_sharp)).max() > 1.5 * np.abs(steps).max(), (cx_sharp, cx_smooth)
 
 
+def test_supersample_must_be_a_whole_number() -> None:
+    world = MujocoWorld("aloha_transfer_cube", seed=0)
+    assert world.camera("top", 128, 96, supersample=2.0).supersample == 2  # a YAML float
+    for bad in (2.5, "2", True, 0):
+        with pytest.raises(ValueError):
+            world.camera("top", 128, 96, supersample=bad)
+
+
 def test_realtime_pacing() -> None:
     world = MujocoWorld("so100_lift", seed=0)
     t0 = world.sim_time

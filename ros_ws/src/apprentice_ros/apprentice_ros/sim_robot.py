@@ -84,19 +84,13 @@ def camera_fovys(
     return [lens.get(cam) for cam in cameras]
 
 
-def whole_number(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return int(value)
-
-
 def main(args: list[str] | None = None) -> None:
     init(args)
     sim_node_params = Node("sim_robot_params")
-    # any type, checked below: an empty list has no ROS type, and 2.0 should do for 2
+    # any type (an empty list has no ROS type; 2.0 should do for 2): camera_fovys and the
+    # camera check them
     p = declare(sim_node_params, DEFAULTS, dynamic=("camera_fovy", "supersample"))
     sim_node_params.destroy_node()
-    supersample = whole_number("supersample", p["supersample"])
 
     world = MujocoWorld(p["scene"], seed=p["seed"])
     arms = world.arm_names if p["arms"] == ["all"] else p["arms"]
@@ -110,7 +104,7 @@ def main(args: list[str] | None = None) -> None:
     fovys = camera_fovys(p["cameras"], p["camera_fovy"], world.scene.cameras)
     for cam, fovy in zip(p["cameras"], fovys, strict=True):
         camera = world.camera(
-            cam, p["image_width"], p["image_height"], p["camera_rate"], fovy, supersample
+            cam, p["image_width"], p["image_height"], p["camera_rate"], fovy, p["supersample"]
         )
         nodes.append(
             CameraNode(
