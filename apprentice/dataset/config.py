@@ -53,6 +53,7 @@ JOINT_STATE = "sensor_msgs/msg/JointState"
 FLOAT64_ARRAY = "std_msgs/msg/Float64MultiArray"
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 BOOL = "std_msgs/msg/Bool"
 STATE_TYPES = (JOINT_STATE,)
 ACTION_TYPES = (FLOAT64_ARRAY, JOINT_STATE)
@@ -89,6 +90,12 @@ class JointStream:
         return self.topic.rsplit("/", 1)[0] + "/joint_states"
 
 
+def camera_info_topic(image_topic: str) -> str:
+    """A camera's CameraInfo topic, by the image_transport convention: beside the base image
+    topic (`/cameras/top/image_raw[/compressed]` → `/cameras/top/camera_info`)."""
+    return image_topic.removesuffix("/compressed").rsplit("/", 1)[0] + "/camera_info"
+
+
 @dataclass(frozen=True)
 class CameraStream:
     name: str
@@ -100,6 +107,10 @@ class CameraStream:
             raise ValueError(f"camera needs a name and an absolute topic: {self}")
         if not self.max_age_s > 0:
             raise ValueError(f"camera {self.name}: max_age_s must be > 0, got {self.max_age_s}")
+
+    @property
+    def info_topic(self) -> str:
+        return camera_info_topic(self.topic)
 
 
 @dataclass(frozen=True)
@@ -178,13 +189,14 @@ class DatasetConfig:
 
 
 def infer_config(topics: dict[str, str], **overrides: Any) -> DatasetConfig:
-    """A config from one bag's {topic: type}: every `*/joint_states` is state, its sibling
-    `commands` (Float64MultiArray) is the action, every image topic a camera (raw preferred
-    over compressed for the same camera: it is what the sensor gave, without JPEG loss)."""
+    """A config from one bag's {topic: type}: every `*/joint_states` is state (but a leader's,
+    `/leader/...`: no leader arm is there when the policy runs), its sibling `commands`
+    (Float64MultiArray) is the action, every image topic a camera (raw preferred over
+    compressed for the same camera: it is what the sensor gave, without JPEG loss)."""
     state = [
         JointStream(t)
         for t, ty in sorted(topics.items())
-        if ty == JOINT_STATE and t.endswith("/joint_states")
+        if ty == JOINT_STATE and t.endswith("/joint_states") and not t.startswith("/leader/")
     ]
     action = []
     for s in state:

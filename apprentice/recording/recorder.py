@@ -72,10 +72,24 @@ class Recorder:
         # messages received during the episode that the recorder could not write (the bag's
         # writer failed, e.g. disk full): counted into the verdict, never silently skipped
         self.dropped = 0
+        # messages received per topic since start-up, recording or not: live rates for the
+        # operator (a stream that is silent before an episode starts will be silent in it)
+        self.seen = dict.fromkeys(self.topics, 0)
 
     @property
     def recording(self) -> bool:
         return self._writer is not None
+
+    def status(self) -> dict[str, object]:
+        """What an operator watches: the running episode, its length, every stream's count."""
+        writer = self._writer
+        return {
+            "recording": writer is not None,
+            "episode": writer.bag_dir.name if writer is not None else None,
+            "elapsed_s": (time.time_ns() - self._start_ns) * 1e-9 if writer is not None else 0.0,
+            "seen": dict(self.seen),
+            "nominal_hz": {name: t.spec.nominal_hz for name, t in self.topics.items()},
+        }
 
     def start(self, task: str, custom_data: dict[str, str] | None = None) -> str:
         with self._lock:
@@ -101,6 +115,8 @@ class Recorder:
             return episode
 
     def on_message(self, topic: str, cdr: bytes, log_time_ns: int | None = None) -> None:
+        if topic in self.seen:
+            self.seen[topic] += 1
         writer, tracker = self._writer, self._tracker
         if writer is None or tracker is None:
             return

@@ -7,7 +7,8 @@ python -m apprentice_ros.record_session --episodes N [--scripted] [--interactive
   what a leader arm driver publishes, so the demonstration goes through teleop → follower →
   recorder like a person's), stop recording, and read /sim/success.
 --interactive: a terminal loop; keys: s start, k stop and keep, d discard, q quit. A person
-  moves the leader arm meanwhile.
+  moves the leader arm meanwhile, and sees the episode's time and every stream's live rate
+  (a stream under half its nominal rate is marked LOW); each kept episode's quality verdict.
 Prints one row per episode and a summary table; --json writes the rows.
 """
 
@@ -27,6 +28,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
+from apprentice.recording.monitor import LiveRates, status_line
 from apprentice.timing import RateLoop
 from apprentice_ros.conversions import to_time
 from apprentice_ros.runtime import call_trigger
@@ -46,6 +48,7 @@ class Session(Node):
                 ("start", "/recorder/start"),
                 ("stop", "/recorder/stop"),
                 ("discard", "/recorder/discard"),
+                ("status", "/recorder/status"),
             )
         }
         self.success = False
@@ -145,30 +148,77 @@ def _keys():
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def run_interactive(node: Session) -> list[dict]:
+class StatusDisplay:
+    """A thread that shows the recorder's status: redrawn in place on a terminal, one line
+    every `interval` s otherwise (a log, a pipe)."""
+
+    def __init__(self, node: Session, interval: float, tty: bool) -> None:
+        self.node, self.interval, self.tty = node, interval, tty
+        self.rates = LiveRates()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="status", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def say(self, text: str) -> None:
+        """A message on its own line (the status line is redrawn below it)."""
+        with self._lock:
+            print(("\r\x1b[K" if self.tty else "") + text, flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                status = self.node.call("status", timeout=2.0)
+            except RuntimeError as exc:
+                self.say(f"recorder status: {exc}")
+                continue
+            line = status_line(status, self.rates.update(time.monotonic(), status["seen"]))
+            with self._lock:
+                if self.tty:
+                    print("\r\x1b[K" + line, end="", flush=True)
+                else:
+                    print(line, flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if self.tty:
+            print(flush=True)
+
+
+def run_interactive(node: Session, interval: float | None = None) -> list[dict]:
+    tty = sys.stdout.isatty()
+    node.call("status", timeout=60.0)  # waits until the recorder is up
+    display = StatusDisplay(node, interval or (0.5 if tty else 2.0), tty)
     rows: list[dict] = []
-    print("keys: s start, k stop and keep, d discard, q quit", flush=True)
-    for key in _keys():
-        try:
-            if key == "s":
-                print(f"recording {node.call('start')['episode']}", flush=True)
-            elif key == "k":
-                r = node.call("stop")
-                verdict = "ok" if r["passed"] else "FLAGGED: " + "; ".join(r["reasons"])
-                rows.append(
-                    {
-                        "episode": r["episode"],
-                        "quality": verdict,
-                        "duration_s": round(r["duration_s"], 2),
-                    }
-                )
-                print(f"kept {r['episode']} ({r['duration_s']:.1f} s): {verdict}", flush=True)
-            elif key == "d":
-                print(f"discarded {node.call('discard')['episode']}", flush=True)
-            elif key == "q":
-                break
-        except RuntimeError as exc:
-            print(f"error: {exc}", flush=True)
+    display.say("ready; keys: s start, k stop and keep, d discard, q quit")
+    display.start()
+    try:
+        for key in _keys():
+            try:
+                if key == "s":
+                    display.say(f"recording {node.call('start')['episode']}")
+                elif key == "k":
+                    r = node.call("stop")
+                    verdict = "ok" if r["passed"] else "FLAGGED: " + "; ".join(r["reasons"])
+                    rows.append(
+                        {
+                            "episode": r["episode"],
+                            "quality": verdict,
+                            "duration_s": round(r["duration_s"], 2),
+                        }
+                    )
+                    display.say(f"kept {r['episode']} ({r['duration_s']:.1f} s): {verdict}")
+                elif key == "d":
+                    display.say(f"discarded {node.call('discard')['episode']}")
+                elif key == "q":
+                    break
+            except RuntimeError as exc:
+                display.say(f"error: {exc}")
+    finally:
+        display.stop()
     return rows
 
 
@@ -195,13 +245,20 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--interactive", action="store_true")
     ap.add_argument("--episodes", type=int, default=1)
     ap.add_argument("--json", help="write the per-episode rows here")
+    ap.add_argument(
+        "--status-interval", type=float, help="s between status lines (interactive; 0.5 on a "
+        "terminal, 2 otherwise)"
+    )
     a = ap.parse_args(argv)
     rclpy.init()
     node = Session()
     spinner = threading.Thread(target=_spin, args=(node,), daemon=True)
     spinner.start()
     try:
-        rows = run_scripted(node, a.episodes) if a.scripted else run_interactive(node)
+        if a.scripted:
+            rows = run_scripted(node, a.episodes)
+        else:
+            rows = run_interactive(node, a.status_interval)
     finally:
         rclpy.shutdown()
         spinner.join(timeout=5)

@@ -7,6 +7,7 @@ later) is subscribed RELIABLE, and the quality gate flags it if nothing arrives.
 Services (std_srvs/Trigger, JSON replies):
   ~/start    begin an episode          ~/stop     close it, keep it, judge its quality
   ~/discard  stop (or take the last kept episode) and delete its bag
+  ~/status   recording or not, the episode and its length, messages seen per topic
 Subscriptions are raw (the wire CDR bytes go to disk untouched: no deserialize/re-serialize).
 QoS: each topic's publishers are looked up first; the subscription is RELIABLE when they all
 are and BEST_EFFORT when any is (a RELIABLE reader would not match a BEST_EFFORT writer and the
@@ -122,6 +123,7 @@ class RecorderNode(Node):
         self.create_service(Trigger, "~/start", self._on_start)
         self.create_service(Trigger, "~/stop", self._on_stop)
         self.create_service(Trigger, "~/discard", self._on_discard)
+        self.create_service(Trigger, "~/status", self._on_status)
         self.create_timer(0.1, self.core.flush_if_due)  # a quiet stream still reaches the disk
 
     def _discover(self, names: list[str], timeout: float, required: bool = True) -> dict:
@@ -208,6 +210,9 @@ class RecorderNode(Node):
             return self._reply(res, False, error=str(exc))
         self.get_logger().info(f"episode {episode} discarded")
         return self._reply(res, True, episode=episode)
+
+    def _on_status(self, _req, res):
+        return self._reply(res, True, **self.core.status())
 
     def destroy_node(self) -> None:
         self.core.close()  # SIGINT / SIGTERM: finalize the running episode

@@ -1,0 +1,229 @@
+"""`apprentice record` and `apprentice deploy`: a robot's graph, started here.
+
+    apprentice record --robot so101 --dataset data/pick --task "pick the cube"
+    apprentice record                                   # the simulated ALOHA, scripted demos
+    apprentice deploy --robot so101 --policy policies/pick
+
+--robot takes a robot config (launch/robots/<name>.yaml or a path); its graphs come from
+apprentice.robot_graphs. Ports, cameras and calibration files are overridable per arm or
+camera: --port follower=/dev/ttyACM3 --camera front=/dev/video4 --calibration follower=F.yaml.
+Everything that can be checked before a process starts is (calibrations, ports, camera devices,
+the policy card against the robot): a mistake is one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apprentice.graph import Graph, GraphRunner, load_graph, parse_overrides
+from apprentice.pipeline import RECORD_GRAPH  # the simulated ALOHA and its scripted demos
+from apprentice.transport import isolated_domain_id, ros_env
+
+
+class UserError(Exception):
+    """A mistake in the command line or the setup: printed as one line, exit code 2."""
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not name or not setting:
+            raise UserError(f"{flag} takes NAME=VALUE, got {value!r}")
+        out[name] = setting
+    return out
+
+
+def robot_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    """--port / --camera / --calibration / -p → graph overrides (`label.key` scoped)."""
+    out: dict[str, Any] = {}
+    for arm, port in _pairs(a.port, "--port").items():
+        out[f"{arm}.port"] = port
+    for cam, device in _pairs(a.camera, "--camera").items():
+        out[f"{cam}.device"] = device
+    for arm, path in _pairs(a.calibration, "--calibration").items():
+        out[f"{arm}.calibration_file"] = str(Path(path).expanduser().resolve())
+    out.update(parse_overrides(a.param))
+    return out
+
+
+def preflight(graph: Graph) -> list[str]:
+    """What would make a hardware process fail at once, found before any starts."""
+    problems = []
+    for proc in graph.processes:
+        p = proc.parameters
+        if proc.executable == "arm_driver" and p.get("backend") in ("feetech", "dynamixel"):
+            cal = Path(p["calibration_file"]).expanduser()
+            if not cal.is_file():
+                problems.append(
+                    f"{proc.label}: no calibration {cal}; run `apprentice calibrate-arm calibrate "
+                    f"--robot {p['robot']} --arm {p['arm']}` or pass --calibration "
+                    f"{proc.label}=FILE"
+                )
+            if p["port"] and not Path(p["port"]).exists():
+                problems.append(
+                    f"{proc.label}: no serial port {p['port']} (`apprentice list-devices` lists "
+                    f"them); pass --port {proc.label}=PORT"
+                )
+        if proc.executable == "camera" and p.get("backend") == "uvc":
+            device = str(p["device"])
+            if not device.isdigit() and not Path(device).exists():
+                problems.append(
+                    f"{proc.label}: no camera or video file {device} (`apprentice list-devices`); "
+                    f"pass --camera {proc.label}=DEVICE"
+                )
+    return problems
+
+
+def _graph(robot: str | None, kind: str, a: argparse.Namespace) -> Graph:
+    try:
+        if robot is None:
+            graph = load_graph(a.graph)
+        else:
+            from apprentice.robot_graphs import robot_graph
+
+            graph = robot_graph(robot, kind)
+        return graph.with_parameters(robot_overrides(a))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_record(a: argparse.Namespace) -> int:
+    """Robot + teleop + recorder graph, then a recording session; prints the episodes."""
+    from apprentice.recording import DatasetIndex
+
+    dataset = Path(a.dataset).resolve()
+    a.param = [f"dataset_dir={dataset}", *a.param] + ([f"task={a.task}"] if a.task else [])
+    if a.robot is not None and a.scripted:
+        raise UserError("--scripted plays the simulator's demonstrator; a robot has a leader arm")
+    graph = _graph(a.robot, "record", a)
+    interactive = a.interactive or a.robot is not None
+    problems = preflight(graph)
+    if problems:
+        raise UserError("; ".join(problems))
+    domain = a.domain if a.domain is not None else isolated_domain_id()
+    env = ros_env(domain_id=domain)
+    print(f"record: graph {graph.name} on ROS_DOMAIN_ID={domain}, dataset {dataset}", flush=True)
+    mode = ["--interactive"] if interactive else ["--scripted", "--episodes", str(a.episodes)]
+    with GraphRunner(graph, env=env, log_dir=dataset / "logs") as runner:
+        session = subprocess.run(
+            [sys.executable, "-m", "apprentice_ros.record_session", *mode], env=env, check=False
+        )
+        died = runner.poll()
+    if died:
+        print(
+            f"record: graph process(es) exited early: {died}; logs in {dataset / 'logs'}",
+            file=sys.stderr,
+        )
+        return 1
+    entries = DatasetIndex(dataset).list()
+    print(
+        f"dataset {dataset}: {len(entries)} episode(s) kept, "
+        f"{sum(e.passed for e in entries)} passed the quality gate"
+    )
+    return session.returncode
+
+
+def deploy_limits(graph_robot: str, arms: list[str], calibrations: dict[str, str]):
+    """Per follower arm its joint limits: the robot config's, narrowed to its calibration."""
+    from apprentice.calibration.arm import ArmCalibration
+    from apprentice.drivers.factory import arm_config
+    from apprentice.robot_graphs import calibration_path, load_setup
+
+    setup = load_setup(graph_robot)
+    limits = {}
+    for arm in arms:
+        path = Path(calibrations.get(arm) or calibration_path(setup.name, arm)).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"{arm}: no calibration {path}; run `apprentice calibrate-arm calibrate --robot "
+                f"{setup.name} --arm {arm}` or pass --calibration {arm}=FILE"
+            )
+        try:
+            spec = ArmCalibration.load(path).arm_spec(arm_config(graph_robot, arm))
+        except ValueError as exc:
+            raise UserError(f"{arm}: {exc}") from None
+        limits[arm] = (spec.lower.tolist(), spec.upper.tolist())
+    return limits
+
+
+def cmd_deploy(a: argparse.Namespace) -> int:
+    """Follower drivers + cameras + the policy node, from the robot config and the card."""
+    from apprentice.policy_server.card import PolicyRefused, load_card
+    from apprentice.robot_graphs import deploy_graph, load_setup
+
+    try:
+        card = load_card(a.policy)
+        setup = load_setup(a.robot)
+    except (PolicyRefused, FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    calibrations = {k: str(Path(v).expanduser().resolve()) for k, v in
+                    _pairs(a.calibration, "--calibration").items()}  # fmt: skip
+    limits = deploy_limits(a.robot, list(setup.followers), calibrations)
+    try:
+        graph = deploy_graph(a.robot, card, Path(a.policy).resolve(), limits)
+        graph = graph.with_parameters(robot_overrides(a))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if a.print_graph:
+        doc = {"name": graph.name, "processes": [
+            {"executable": p.executable, "label": p.label, "parameters": p.parameters}
+            for p in graph.processes
+        ]}  # fmt: skip
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+        return 0
+    problems = preflight(graph)
+    if problems:
+        raise UserError("; ".join(problems))
+    env = ros_env(domain_id=a.domain)
+    print(
+        f"deploy: {card['policy_type']} policy {a.policy} on {setup.name} "
+        f"({', '.join(p.label for p in graph.processes)}), ROS_DOMAIN_ID="
+        f"{env.get('ROS_DOMAIN_ID', '0')}; Ctrl-C stops (torque off)",
+        flush=True,
+    )
+    return GraphRunner(graph, env=env).start().wait()
+
+
+def _robot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", action="append", default=[], metavar="ARM=PORT",
+                   help="serial port of an arm (default: the robot config's)")
+    p.add_argument("--camera", action="append", default=[], metavar="NAME=DEVICE",
+                   help="camera device, RealSense serial or video file")
+    p.add_argument("--calibration", action="append", default=[], metavar="ARM=FILE",
+                   help="arm calibration (default ~/.apprentice/calibration/ROBOT_ARM.yaml)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="[LABEL.]KEY=VALUE",
+                   help="a node parameter, for every process that has it or one process")
+    p.add_argument("--domain", type=int, help="ROS_DOMAIN_ID")  # fmt: skip
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    rec = sub.add_parser("record", help="record demonstrations into a dataset of episode bags")
+    src = rec.add_mutually_exclusive_group()
+    src.add_argument("--robot", help="a robot config (so101, koch, aloha or a YAML path): its "
+                     "leader and follower arms, cameras, teleop and the recorder")  # fmt: skip
+    src.add_argument("--graph", default=RECORD_GRAPH, help="a robot + teleop + recorder graph")
+    rec.add_argument("--task", help="task label saved with each episode")
+    rec.add_argument("--episodes", type=int, default=1, help="scripted demonstrations to record")
+    rec.add_argument("--dataset", default="data/demos")
+    mode = rec.add_mutually_exclusive_group()
+    mode.add_argument("--interactive", action="store_true",
+                      help="keys s/k/d/q start, keep, discard, quit (the default with --robot)")
+    mode.add_argument("--scripted", action="store_true",
+                      help="the simulator's scripted demonstrator (the default without --robot)")
+    _robot_arguments(rec)
+    rec.set_defaults(func=cmd_record)
+
+    dep = sub.add_parser("deploy", help="run an exported policy on a robot")
+    dep.add_argument("--robot", required=True, help="a robot config (so101, koch, aloha, a path)")
+    dep.add_argument("--policy", required=True, help="an exported policy folder")
+    dep.add_argument("--print-graph", action="store_true",
+                     help="print the graph as YAML (for ros2 launch ... graph:=FILE) and exit")
+    _robot_arguments(dep)
+    dep.set_defaults(func=cmd_deploy)
