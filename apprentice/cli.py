@@ -8,9 +8,11 @@ import sys
 
 from apprentice.graph import GraphRunner, load_graph, parse_overrides
 from apprentice.learning.train_cli import add_subcommands as add_learning_subcommands
-from apprentice.pipeline import RECORD_GRAPH, add_demo_arguments, run_demo
+from apprentice.pipeline import add_demo_arguments, run_demo
 from apprentice.pipeline import add_subcommands as add_pipeline_subcommands
-from apprentice.transport import isolated_domain_id, ros_env
+from apprentice.robot_cli import UserError
+from apprentice.robot_cli import add_subcommands as add_robot_subcommands
+from apprentice.transport import ros_env
 
 
 def cmd_graph_run(a: argparse.Namespace) -> int:
@@ -21,49 +23,6 @@ def cmd_graph_run(a: argparse.Namespace) -> int:
         f"{env.get('ROS_DOMAIN_ID', '0')}; Ctrl-C stops"
     )
     return GraphRunner(graph, env=env).start().wait()
-
-
-def cmd_record(a: argparse.Namespace) -> int:
-    """Robot + teleop + recorder graph, then a recording session; prints the episodes."""
-    from pathlib import Path
-
-    from apprentice.recording import DatasetIndex
-
-    dataset = Path(a.dataset).resolve()
-    overrides = {"dataset_dir": str(dataset), **parse_overrides(a.param)}
-    if a.task:
-        overrides["task"] = a.task
-    graph = load_graph(a.graph).with_parameters(overrides)
-    domain = a.domain if a.domain is not None else isolated_domain_id()
-    env = ros_env(domain_id=domain)
-    mode = "--interactive" if a.interactive else "--scripted"
-    print(f"record: graph {graph.name} on ROS_DOMAIN_ID={domain}, dataset {dataset}", flush=True)
-    with GraphRunner(graph, env=env, log_dir=dataset / "logs") as runner:
-        session = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "apprentice_ros.record_session",
-                mode,
-                "--episodes",
-                str(a.episodes),
-            ],
-            env=env,
-            check=False,
-        )
-        died = runner.poll()
-    if died:
-        print(
-            f"record: graph process(es) exited early: {died}; logs in {dataset / 'logs'}",
-            file=sys.stderr,
-        )
-        return 1
-    entries = DatasetIndex(dataset).list()
-    print(
-        f"dataset {dataset}: {len(entries)} episode(s) kept, "
-        f"{sum(e.passed for e in entries)} passed the quality gate"
-    )
-    return session.returncode
 
 
 def cmd_recover(a: argparse.Namespace) -> int:
@@ -128,7 +87,14 @@ def _pass_through(name: str, rest: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from importlib import metadata
+
+    try:  # the installed distribution's version, as pip reports it
+        version = metadata.version("apprentice")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        from apprentice import __version__ as version
     ap = argparse.ArgumentParser(prog="apprentice", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {version}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("graph", help="node graphs").add_subparsers(dest="graph_cmd", required=True)
@@ -145,21 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     add_demo_arguments(demo)
     demo.set_defaults(func=run_demo)
 
-    rec = sub.add_parser("record", help="record demonstrations into a dataset of episode bags")
-    rec.add_argument(
-        "--graph", "--robot", default=RECORD_GRAPH, help="robot + teleop + recorder graph"
-    )
-    rec.add_argument("--task", help="task label saved with each episode")
-    rec.add_argument("--episodes", type=int, default=1)
-    rec.add_argument("--dataset", default="data/demos")
-    rec.add_argument(
-        "--interactive",
-        action="store_true",
-        help="keys start/stop/discard episodes (default: scripted demonstrator)",
-    )
-    rec.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    rec.add_argument("--domain", type=int)
-    rec.set_defaults(func=cmd_record)
+    add_robot_subcommands(sub)  # record, deploy
 
     sub.add_parser("scenes", help="list simulated scenes").set_defaults(func=cmd_scenes)
     recov = sub.add_parser("recover", help="recover episodes a crash left unfinished")
@@ -180,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         return _pass_through(argv[0], argv[1:])
 
     a = ap.parse_args(argv)
-    return a.func(a)
+    try:
+        return a.func(a)
+    except UserError as exc:
+        print(f"apprentice {a.cmd}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-GRAPHS_DIR = Path(__file__).resolve().parent.parent / "launch" / "graphs"
+from apprentice.resources import GRAPHS_DIR  # launch/graphs, in a checkout or a wheel
 
 
 @dataclass(frozen=True)
@@ -38,19 +38,32 @@ class Graph:
     source: Path | None = None
 
     def with_parameters(self, overrides: dict[str, Any]) -> Graph:
-        """Applies overrides to every process that declares the parameter."""
-        procs = tuple(
-            ProcessSpec(
-                p.executable,
-                p.label,
-                {**p.parameters, **{k: v for k, v in overrides.items() if k in p.parameters}},
-            )
-            for p in self.processes
-        )
-        unknown = set(overrides) - {k for p in self.processes for k in p.parameters}
+        """Applies overrides: `KEY` to every process that declares the parameter,
+        `LABEL.KEY` to the process labelled LABEL only (e.g. `follower.port`)."""
+        labels = {p.label for p in self.processes}
+        scoped: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            label, dot, name = key.rpartition(".")
+            if dot and label not in labels:
+                raise ValueError(
+                    f"graph {self.name}: no process labelled {label!r} (in {key!r}); "
+                    f"labels: {', '.join(sorted(labels))}"
+                )
+            scoped.setdefault(label if dot else "", {})[name] = value
+        procs = []
+        for p in self.processes:
+            mine = {**scoped.get("", {}), **scoped.get(p.label, {})}
+            unknown = set(scoped.get(p.label, {})) - set(p.parameters)
+            if unknown:
+                raise ValueError(
+                    f"graph {self.name}: process {p.label} has no parameter(s) {sorted(unknown)}"
+                )
+            applied = {k: v for k, v in mine.items() if k in p.parameters}
+            procs.append(ProcessSpec(p.executable, p.label, {**p.parameters, **applied}))
+        unknown = set(scoped.get("", {})) - {k for p in self.processes for k in p.parameters}
         if unknown:
             raise ValueError(f"graph {self.name}: no process has parameter(s) {sorted(unknown)}")
-        return Graph(self.name, procs, self.source)
+        return Graph(self.name, tuple(procs), self.source)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -76,7 +89,21 @@ def resolve_graph_path(name_or_path: str | os.PathLike[str]) -> Path:
 
 
 def load_graph(name_or_path: str | os.PathLike[str]) -> Graph:
-    path = resolve_graph_path(name_or_path)
+    """A graph file (a path, or a name in launch/graphs), else a robot's graph made from its
+    robot config: `so101` (drivers and cameras), `record_so101` (apprentice.robot_graphs)."""
+    try:
+        path = resolve_graph_path(name_or_path)
+    except FileNotFoundError:
+        from apprentice.robot_graphs import graph_by_name
+
+        graph = graph_by_name(str(name_or_path)) if "/" not in str(name_or_path) else None
+        if graph is None:
+            raise FileNotFoundError(
+                f"no graph file {str(name_or_path)!r} and no robot config of that name; graphs: "
+                f"{', '.join(sorted(p.stem for p in GRAPHS_DIR.glob('*.yaml')))}; robot graphs: "
+                "ROBOT or record_ROBOT for a robot in launch/robots"
+            ) from None
+        return graph
     doc = yaml.safe_load(path.read_text())
     if not isinstance(doc, dict) or not isinstance(doc.get("processes"), list):
         raise ValueError(f"{path}: a graph needs a 'processes' list")

@@ -154,7 +154,8 @@ BACKENDS = tuple(factory.BACKENDS)  # feetech, dynamixel, mujoco
 # Parameter defaults (their types fix the ROS parameter types; the graph test checks them).
 DEFAULTS = {
     "backend": "mujoco",
-    "arm": "arm",  # namespace, and the arm's name in the robot config / MuJoCo scene
+    "arm": "arm",  # the arm's name in the robot config / MuJoCo scene
+    "namespace": "",  # "" = the arm's name; leaders: leader/<follower> (apprentice.robot_graphs)
     "joint_state_rate": 100.0,  # Hz
     "robot": "",  # servo buses: a config in launch/robots (so101, koch, aloha) or a YAML path
     "calibration_file": "",  # servo buses: YAML written by apprentice.calibration.arm_cli
@@ -181,7 +182,7 @@ def main(args: list[str] | None = None) -> None:
         node = ArmDriverNode(
             built.arm,
             "arm_driver",
-            p["arm"],
+            p["namespace"] or p["arm"],
             p["joint_state_rate"],
             diagnostics=built.diagnostics,
             rearm=built.rearm,
