@@ -14,14 +14,16 @@ the policy card against the robot): a mistake is one line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from apprentice.graph import Graph, GraphRunner, load_graph, parse_overrides
+from apprentice.graph import Graph, GraphRunner, load_graph, parse_overrides, stop_processes
 from apprentice.pipeline import RECORD_GRAPH  # the simulated ALOHA and its scripted demos
 from apprentice.transport import isolated_domain_id, ros_env
 
@@ -111,23 +113,50 @@ def cmd_record(a: argparse.Namespace) -> int:
     env = ros_env(domain_id=domain)
     print(f"record: graph {graph.name} on ROS_DOMAIN_ID={domain}, dataset {dataset}", flush=True)
     mode = ["--interactive"] if interactive else ["--scripted", "--episodes", str(a.episodes)]
-    with GraphRunner(graph, env=env, log_dir=dataset / "logs") as runner:
-        session = subprocess.run(
-            [sys.executable, "-m", "apprentice_ros.record_session", *mode], env=env, check=False
+    logs = dataset / "logs"
+    with GraphRunner(graph, env=env, log_dir=logs) as runner:
+        session = subprocess.Popen(
+            [sys.executable, "-m", "apprentice_ros.record_session", *mode], env=env
         )
-        died = runner.poll()
+        died = watch(session, runner)
     if died:
-        print(
-            f"record: graph process(es) exited early: {died}; logs in {dataset / 'logs'}",
-            file=sys.stderr,
-        )
+        for label, code in died:
+            print(f"record: {label} exited ({code}): {last_line(logs / f'{label}.log')}",
+                  file=sys.stderr)  # fmt: skip
+        print(f"record: stopped; logs in {logs}", file=sys.stderr)
         return 1
     entries = DatasetIndex(dataset).list()
     print(
         f"dataset {dataset}: {len(entries)} episode(s) kept, "
         f"{sum(e.passed for e in entries)} passed the quality gate"
     )
-    return session.returncode
+    return session.returncode or 0
+
+
+def watch(session: subprocess.Popen, runner: GraphRunner) -> list[tuple[str, int]]:
+    """Waits for the session; if a graph process dies first, interrupts the session (SIGINT:
+    it restores the terminal) and returns the dead processes."""
+    try:
+        while session.poll() is None:
+            died = runner.poll()
+            if died:
+                session.send_signal(signal.SIGINT)
+                stop_processes([session], timeout=5.0)
+                return died
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # Ctrl-C reached the whole group: every process stops cleanly
+        stop_processes([session], timeout=5.0)
+        return []
+    return [(label, code) for label, code in runner.poll() if code != 0]
+
+
+def last_line(log: Path) -> str:
+    """The last non-empty line of a process's log: usually why it stopped."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
 
 
 def deploy_limits(graph_robot: str, arms: list[str], calibrations: dict[str, str]):

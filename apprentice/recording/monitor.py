@@ -40,8 +40,10 @@ def low_streams(rates: dict[str, float], nominal: dict[str, float]) -> list[str]
     return [t for t, hz in nominal.items() if t in rates and rates[t] < LOW_FRACTION * hz]
 
 
-def status_line(status: dict, rates: dict[str, float]) -> str:
-    """`REC episode_0003  12.4 s | follower 100 Hz  front 30 Hz ...` (or `idle | ...`)."""
+def status_line(status: dict, rates: dict[str, float], width: int | None = None) -> str:
+    """`REC episode_0003   12.4 s | Hz: follower 100  front 30 ...` (or `idle | ...`).
+    camera_info streams are shown only when LOW (they follow their camera). `width`: cut to
+    fit a terminal line (a wrapped line could not be redrawn in place)."""
     nominal = status.get("nominal_hz", {})
     low = set(low_streams(rates, nominal))
     if status.get("recording"):
@@ -49,8 +51,9 @@ def status_line(status: dict, rates: dict[str, float]) -> str:
     else:
         head = "idle"
     streams = "  ".join(
-        f"{short_name(t)} {rates[t]:.0f} Hz" + (" LOW" if t in low else "")
+        f"{short_name(t)} {rates[t]:.0f}" + (" LOW" if t in low else "")
         for t in nominal
-        if t in rates
+        if t in rates and (t in low or not t.endswith("/camera_info"))
     )
-    return f"{head} | {streams or 'measuring rates...'}"
+    line = f"{head} | " + (f"Hz: {streams}" if streams else "measuring rates...")
+    return line if width is None or len(line) <= width else line[: max(0, width - 3)] + "..."

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import threading
 import time
@@ -174,7 +175,8 @@ class StatusDisplay:
             except RuntimeError as exc:
                 self.say(f"recorder status: {exc}")
                 continue
-            line = status_line(status, self.rates.update(time.monotonic(), status["seen"]))
+            width = shutil.get_terminal_size().columns - 1 if self.tty else None
+            line = status_line(status, self.rates.update(time.monotonic(), status["seen"]), width)
             with self._lock:
                 if self.tty:
                     print("\r\x1b[K" + line, end="", flush=True)
@@ -259,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_scripted(node, a.episodes)
         else:
             rows = run_interactive(node, a.status_interval)
+    except RuntimeError as exc:  # a service that is not there or did not answer
+        print(f"record_session: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     finally:
         rclpy.shutdown()
         spinner.join(timeout=5)
