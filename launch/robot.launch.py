@@ -1,12 +1,12 @@
 """ros2 launch apprentice_ros robot.launch.py graph:=<name or path>
 
 Reads the same graph YAML as `apprentice graph run` (apprentice.graph), so the two launchers
-cannot drift apart. Needs the apprentice core importable in ROS's Python (pip install -e <repo>).
+cannot drift apart: a YAML path, a graph name looked up where `apprentice` finds its launch
+folder (apprentice.resources: this folder in a checkout, apprentice/launch in a wheel), or a
+robot graph made from a robot config (so101, record_so101). Needs the apprentice core importable
+in ROS's Python (pip install -e <repo>, or the wheel).
 """
 
-from pathlib import Path
-
-from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -16,12 +16,7 @@ from launch import LaunchDescription
 
 
 def _nodes(context):
-    graph_arg = LaunchConfiguration("graph").perform(context)
-    path = Path(graph_arg)
-    if not path.is_file():
-        share = Path(get_package_share_directory("apprentice_ros"))
-        path = share / "launch" / "graphs" / f"{graph_arg}.yaml"
-    graph = load_graph(path)
+    graph = load_graph(LaunchConfiguration("graph").perform(context))
     return [
         Node(
             package="apprentice_ros",

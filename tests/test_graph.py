@@ -47,4 +47,4 @@ def test_params_file_applies_to_all_nodes_of_a_process(tmp_path) -> None:
 
 def test_launch_file_reads_the_graph_through_load_graph() -> None:
     text = (GRAPHS_DIR.parent / "robot.launch.py").read_text()
-    assert "from apprentice.graph import load_graph" in text and "load_graph(path)" in text
+    assert "from apprentice.graph import load_graph" in text and "load_graph(" in text
