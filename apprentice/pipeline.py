@@ -182,7 +182,8 @@ def eval_graph(
     card: dict[str, Any], policy_dir: Path, graph: str, seed0: int
 ) -> tuple[Any, dict[str, Any]]:
     """(the sim part of the eval graph, the policy process's parameters) for this policy: the
-    camera renders at the card's image size, arms and joint limits come from the scene."""
+    camera renders at the card's image size (the policy node would resize any other size;
+    rendering small is cheaper), arms and joint limits come from the scene."""
     from apprentice.graph import Graph, load_graph
     from apprentice.sim.world import MujocoWorld
 
@@ -199,11 +200,11 @@ def eval_graph(
     world = MujocoWorld(scene)  # not started: only its joint limits are read
     lower = np.concatenate([world.arm(a).spec.lower for a in arms]).tolist()
     upper = np.concatenate([world.arm(a).spec.upper for a in arms]).tolist()
-    common = {
-        "arms": arms, "cameras": [c["name"] for c in cams], "image_height": int(cams[0]["height"]),
-        "image_width": int(cams[0]["width"]),
-    }  # fmt: skip
-    sim_graph = Graph(g.name, (sim,), g.source).with_parameters({**common, "seed": seed0 - 1})
+    common = {"arms": arms, "cameras": [c["name"] for c in cams]}
+    size = {"image_height": int(cams[0]["height"]), "image_width": int(cams[0]["width"])}
+    sim_graph = Graph(g.name, (sim,), g.source).with_parameters(
+        {**common, **size, "seed": seed0 - 1}
+    )
     policy = {**by_label[POLICY_LABEL].parameters, **common, "policy_dir": str(policy_dir),
               "joint_lower": lower, "joint_upper": upper}  # fmt: skip
     return sim_graph, policy

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     params = {
         "policy_dir": str(policy_dir), "arms": ["right"], "cameras": ["top"],
-        "image_width": W, "image_height": H, "control_rate": args.rate, "output": "forward",
+        "control_rate": args.rate, "output": "forward",
         "execution": args.execution, "joint_lower": LOWER, "joint_upper": UPPER,
         "max_velocity": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.05], "max_accel": [10.0],
         "max_observation_age": 0.15, "safe_after": 2.0, "execution_provider": "auto",

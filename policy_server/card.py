@@ -2,8 +2,20 @@
 
 `load_card` reads and checks an exported folder (apprentice.learning.export) without running it;
 `check_robot` lists every way the card disagrees with the robot's configuration (joint names,
-cameras, image sizes, control rate). The policy node refuses to start, before it publishes
-anything, when either finds a problem.
+camera names, control rate); `check_lens` compares a camera's live CameraInfo with the one the
+policy was trained on (the card camera's "source"). The policy node refuses to start, before it
+publishes anything, when any of them finds a problem (lens problems may be overridden).
+
+The image size is not checked: the node resizes every frame to the card's height x width, as
+the dataset builder did. What must match is the lens, compared resolution-free: fx/W, fy/H,
+(cx+0.5)/W, (cy+0.5)/H (pixel centres at integer coordinates, so resizing maps a principal
+point at cx to (cx+0.5)·s-0.5: these ratios are exactly unchanged by resizing) and the aspect
+ratio W/H, each within LENS_RTOL. 2 %: calibrating one camera twice (ChArUco) repeats fx
+within ~0.5 %, and two units of one webcam model differ by ~1 %, while another lens or zoom
+setting differs by 10 % and more (a 60° and a 78° field of view: 36 %); a 2 % scale change
+moves the edge of a 128-pixel-wide input by ~1.3 px. Distortion coefficients are kept in the
+card but not compared: calibrations of one lens scatter in them (k3 most), and a lens with
+another distortion also has another focal length.
 """
 
 from __future__ import annotations
@@ -14,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apprentice.dataset.images import camera_info_record
 from apprentice.learning.runtime import CARD_FILE, CARD_FORMAT, RUNNERS
 
 MAX_CONTROL_RATE = 200.0  # Hz: the control thread is measured up to this rate
+LENS_RTOL = 0.02  # relative tolerance of the normalized intrinsics (module docstring)
 
 
 class PolicyRefused(Exception):
@@ -24,16 +38,9 @@ class PolicyRefused(Exception):
 
 
 @dataclass(frozen=True)
-class CameraConfig:
-    name: str
-    height: int  # pixels, as the camera publishes them
-    width: int
-
-
-@dataclass(frozen=True)
 class RobotConfig:
     joint_names: tuple[str, ...]  # command order, all arms concatenated
-    cameras: tuple[CameraConfig, ...]
+    cameras: tuple[str, ...]  # camera names, in the policy's camera order
     control_rate_hz: float  # the control loop's rate
 
 
@@ -67,6 +74,11 @@ def load_card(directory: str | Path) -> dict[str, Any]:
     for cam in card["cameras"]:
         if not (isinstance(cam, dict) and {"name", "height", "width"} <= cam.keys()):
             problems.append(f"camera entry {cam!r} needs name, height and width")
+        elif "source" in cam and not _valid_source(cam["source"]):
+            problems.append(
+                f"camera {cam['name']}: source {cam['source']!r} is not a CameraInfo record "
+                "(width, height > 0; k: 9 numbers, fx, fy > 0; d; distortion_model)"
+            )
     if problems:
         raise PolicyRefused(f"{path}: " + "; ".join(problems))
     return card
@@ -82,16 +94,9 @@ def check_robot(card: dict[str, Any], robot: RobotConfig) -> list[str]:
     if list(card["state_names"]) != list(robot.joint_names):
         # the node feeds joint positions as the state, in the robot's order
         problems.append(f"state names {card['state_names']} are not the robot's joint positions")
-    policy_cams = {c["name"]: (int(c["height"]), int(c["width"])) for c in card["cameras"]}
-    robot_cams = {c.name: (c.height, c.width) for c in robot.cameras}
-    if [c["name"] for c in card["cameras"]] != [c.name for c in robot.cameras]:
-        problems.append(f"cameras differ: policy {list(policy_cams)}, robot {list(robot_cams)}")
-    for name, hw in policy_cams.items():
-        if name in robot_cams and robot_cams[name] != hw:
-            problems.append(
-                f"camera {name}: policy expects {hw[0]}x{hw[1]} (HxW), robot gives "
-                f"{robot_cams[name][0]}x{robot_cams[name][1]}"
-            )
+    policy_cams = [c["name"] for c in card["cameras"]]
+    if policy_cams != list(robot.cameras):
+        problems.append(f"cameras differ: policy {policy_cams}, robot {list(robot.cameras)}")
     policy_rate, rate = float(card["control_rate_hz"]), float(robot.control_rate_hz)
     if not 0 < rate <= MAX_CONTROL_RATE:
         problems.append(f"control rate {rate:g} Hz is outside (0, {MAX_CONTROL_RATE:g}]")
@@ -104,3 +109,49 @@ def check_robot(card: dict[str, Any], robot: RobotConfig) -> list[str]:
                 f"{policy_rate:g} Hz"
             )
     return problems
+
+
+def _valid_source(src: Any) -> bool:
+    try:
+        return camera_info_record(**src) is not None
+    except (TypeError, ValueError, KeyError):
+        return False
+
+
+def normalized_lens(info: dict[str, Any]) -> dict[str, float]:
+    """A CameraInfo record's intrinsics free of its resolution (module docstring)."""
+    k, w, h = info["k"], float(info["width"]), float(info["height"])
+    return {
+        "fx/W": k[0] / w,
+        "fy/H": k[4] / h,
+        "cx/W": (k[2] + 0.5) / w,
+        "cy/H": (k[5] + 0.5) / h,
+        "W/H": w / h,
+    }
+
+
+def check_lens(
+    camera: str, trained: dict[str, Any], live: dict[str, Any], rtol: float = LENS_RTOL
+) -> list[str]:
+    """[] when the live camera (a CameraInfo record: images.camera_info_record) has the lens
+    the policy was trained with (the card camera's "source") at any resolution; else one
+    sentence naming the camera, what differs, and both cameras' intrinsics."""
+    a, b = normalized_lens(trained), normalized_lens(live)
+    off = [
+        f"{key} {a[key]:.4f} vs {b[key]:.4f}"
+        for key in a
+        if not math.isclose(a[key], b[key], rel_tol=rtol)
+    ]
+    if not off:
+        return []
+    return [
+        f"camera {camera}: not the lens the policy was trained with ({'; '.join(off)}: more "
+        f"than {rtol:.0%} apart): trained {_describe(trained)}, live {_describe(live)}"
+    ]
+
+
+def _describe(info: dict[str, Any]) -> str:
+    k = info["k"]
+    return (
+        f"{info['width']}x{info['height']} fx {k[0]:.1f} fy {k[4]:.1f} cx {k[2]:.1f} cy {k[5]:.1f}"
+    )

@@ -69,7 +69,7 @@ class Observations:
                 self._new.notify_all()
 
     def push_frame(self, camera: str, stamp: float, image: np.ndarray) -> None:
-        """image (H, W, 3) uint8 RGB."""
+        """image (3, H, W) uint8 RGB at the policy's input size (apprentice.dataset.images)."""
         self._frames[camera].push(stamp, image)
         with self._new:
             self._new.notify_all()
@@ -114,8 +114,7 @@ class Observations:
                 return None
             states.append(np.concatenate([s[1] for s in q]))  # type: ignore[index]
             frames.append([s[1] for s in f])  # type: ignore[index]
-        images = np.asarray(frames, dtype=np.float32)  # (To, N, H, W, 3)
-        images = images.transpose(0, 1, 4, 2, 3) / np.float32(255.0)  # (To, N, 3, H, W)
+        images = np.asarray(frames, dtype=np.float32) / np.float32(255.0)  # (To, N, 3, H, W)
         return Observation(t, np.stack(states), images)
 
 

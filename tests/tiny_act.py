@@ -25,9 +25,12 @@ def export_tiny_act(
     action_offset: np.ndarray | None = None,
     spread: float = 0.05,
     rate_hz: float = 50.0,
+    intrinsics: dict[str, dict] | None = None,
 ) -> Path:
     """Exports into `folder`. Normalization stats are fitted to samples around `home` (state,
-    spread 2×) and `home + action_offset` (actions), so outputs land near there."""
+    spread 2×) and `home + action_offset` (actions), so outputs land near there. intrinsics:
+    per camera the camera it was "trained" on, as the card's "source" ({"width", "height",
+    "k", "d", "distortion_model"}; apprentice.dataset.images.camera_info_record)."""
     torch.manual_seed(0)
     n = len(joints)
     cfg = ActConfig(
@@ -44,5 +47,6 @@ def export_tiny_act(
     policy.normalizer.set_stats("state", NormStats.fit(state, "mean_std"))
     policy.normalizer.set_stats("action", NormStats.fit(action, "mean_std"))
     export_onnx(policy, folder, joint_names=list(joints), camera_names=list(cameras),
-                control_rate_hz=rate_hz, data_index_hash="sha256:test")  # fmt: skip
+                control_rate_hz=rate_hz, data_index_hash="sha256:test",
+                camera_sources=intrinsics)  # fmt: skip
     return folder

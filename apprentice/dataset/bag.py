@@ -5,6 +5,8 @@ decoded with the rosbags Jazzy type store. Stamps, in s since the epoch:
   JointState, Image, CompressedImage: the header stamp, i.e. the time the sensor gave (the
       driver's read time, the camera's capture time);
   Float64MultiArray, Bool (no header): the bag's log time, i.e. when the recorder received it.
+A camera's CameraInfo (`<camera>/camera_info`, when recorded) becomes its `ImageSeries.info`:
+every message of the episode must agree, and describe the images' size.
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ import yaml
 from mcap.reader import SeekingReader
 from rosbags.typesys import Stores, get_typestore
 
-from apprentice.dataset.config import BOOL, COMPRESSED_IMAGE, FLOAT64_ARRAY, IMAGE, JOINT_STATE
-from apprentice.dataset.images import decode_compressed, decode_raw, resize_chw
+from apprentice.dataset.config import (
+    BOOL,
+    CAMERA_INFO,
+    COMPRESSED_IMAGE,
+    FLOAT64_ARRAY,
+    IMAGE,
+    JOINT_STATE,
+    camera_info_topic,
+)
+from apprentice.dataset.images import camera_info_record, compressed_to_input, raw_to_input
 
 _TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 
@@ -46,6 +56,8 @@ class ImageSeries:
     stamps: np.ndarray
     frames: np.ndarray
     source_hw: tuple[int, int]  # size as recorded
+    # the camera's CameraInfo (images.camera_info_record), None when it was not recorded
+    info: dict | None = None
 
 
 def file_sha256(path: Path) -> str:
@@ -134,21 +146,30 @@ class EpisodeBag:
     ) -> tuple[dict[str, JointSeries], dict[str, ImageSeries]]:
         """Decodes the given topics (types checked by `require` first) in one pass: joint
         topics (JointState, Float64MultiArray, Bool) into series, cameras into frames resized to
-        `image_hw`."""
+        `image_hw` (with their camera_info, when recorded)."""
+        infos = {
+            camera_info_topic(t): t
+            for t in camera_topics
+            if self.topics.get(camera_info_topic(t)) == CAMERA_INFO
+        }
         wanted = set(joint_topics) | set(camera_topics)
         stamps: dict[str, list[float]] = {t: [] for t in wanted}
         values: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
         names: dict[str, tuple[str, ...] | None] = dict.fromkeys(joint_topics)
         source_hw: dict[str, tuple[int, int]] = {}
+        info: dict[str, dict] = {}  # camera topic → its first camera_info
         topic = "none yet"
         with open(self.mcap_path, "rb") as f:
             try:
                 for schema, channel, message in SeekingReader(f, validate_crcs=True).iter_messages(
-                    topics=sorted(wanted), log_time_order=True
+                    topics=sorted(wanted | set(infos)), log_time_order=True
                 ):
                     topic = channel.topic
                     msgtype = schema.name if schema else ""
                     msg = _TYPESTORE.deserialize_cdr(message.data, msgtype)
+                    if topic in infos:
+                        self._camera_info(topic, msg, info.setdefault(infos[topic], {}))
+                        continue
                     if msgtype in (FLOAT64_ARRAY, BOOL):
                         stamps[topic].append(message.log_time * 1e-9)
                         values[topic].append(np.asarray(msg.data, dtype=np.float64).reshape(-1))
@@ -158,13 +179,13 @@ class EpisodeBag:
                     if msgtype == JOINT_STATE:
                         values[topic].append(self._joint_positions(topic, msg, names))
                     elif msgtype == IMAGE:
-                        source_hw[topic] = (msg.height, msg.width)
-                        rgb = decode_raw(msg.data, msg.height, msg.width, msg.encoding, msg.step)
-                        values[topic].append(resize_chw(rgb, image_hw))
+                        chw, source_hw[topic] = raw_to_input(
+                            msg.data, msg.height, msg.width, msg.encoding, msg.step, image_hw
+                        )
+                        values[topic].append(chw)
                     elif msgtype == COMPRESSED_IMAGE:
-                        rgb = decode_compressed(msg.data)
-                        source_hw[topic] = rgb.shape[:2]
-                        values[topic].append(resize_chw(rgb, image_hw))
+                        chw, source_hw[topic] = compressed_to_input(msg.data, image_hw)
+                        values[topic].append(chw)
                     else:
                         raise DatasetError(
                             f"{self.mcap_path}: topic {topic}: cannot decode {msgtype}"
@@ -192,8 +213,26 @@ class EpisodeBag:
         for t in camera_topics:
             order = _stable_order(stamps[t])
             frames = np.stack(values[t])[order]  # (N, 3, H, W)
-            cameras[t] = ImageSeries(np.asarray(stamps[t])[order], frames, source_hw[t])
+            lens = info.get(t) or None
+            if lens is not None and (lens["height"], lens["width"]) != tuple(source_hw[t]):
+                raise DatasetError(
+                    f"{self.mcap_path}: {camera_info_topic(t)} describes "
+                    f"{lens['width']}x{lens['height']} images, {t} has "
+                    f"{source_hw[t][1]}x{source_hw[t][0]}"
+                )
+            cameras[t] = ImageSeries(np.asarray(stamps[t])[order], frames, source_hw[t], lens)
         return joints, cameras
+
+    def _camera_info(self, topic: str, msg, first: dict) -> None:
+        """Checks one CameraInfo message against the topic's first (`first`, filled here)."""
+        record = camera_info_record(msg.width, msg.height, msg.k, msg.d, msg.distortion_model)
+        if not first:
+            first.update(record)
+        elif record != first:
+            raise DatasetError(
+                f"{self.mcap_path}: {topic} changed within the episode: {first} then {record} "
+                "(a camera must keep one calibration through an episode)"
+            )
 
     def image_hw(self, topic: str) -> tuple[int, int]:
         """(height, width) of the first message of a sensor_msgs/Image topic."""

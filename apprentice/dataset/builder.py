@@ -3,7 +3,9 @@
 Per episode:
   1. open the bag (metadata.yaml + MCAP summary; a truncated file is refused here) and check
      every configured topic: recorded, of an accepted type, not empty;
-  2. decode the topics in one CRC-checked pass (`bag.py`); check joint names;
+  2. decode the topics in one CRC-checked pass (`bag.py`); check joint names, and each
+     camera's camera_info (when recorded: constant within the episode, and the same in every
+     episode; it goes into the cache metadata and the policy card as the camera's "source");
   3. build the control grid from the latest first stamp to the earliest last stamp over all
      streams (`control_grid`), so every stream has started and none has ended;
   4. take each stream's as-of sample at every grid time (`asof_indices`, the rule the policy
@@ -84,6 +86,7 @@ class _Episode:
     frame_index: np.ndarray  # (T, N) into `frames`, per camera
     task: str
     sha256: str
+    sources: list[dict | None]  # per camera: its camera_info record, None if not recorded
 
 
 def _select(
@@ -188,6 +191,32 @@ def _read_episode(
         frame_index=np.stack(frame_index, axis=1) if frame_index else np.zeros((grid.size, 0)),
         task=bag.task,
         sha256=bag.sha256(),
+        sources=[images[cam.topic].info for cam in cfg.cameras],
+    )
+
+
+def _check_sources(
+    cfg: DatasetConfig, source: EpisodeSource, ep: _Episode, first: tuple[str, list[dict | None]]
+) -> None:
+    """Every episode's cameras must be the ones of the first (same camera_info, or none
+    recorded in both): a policy learns one lens per camera."""
+    first_id, sources = first
+    for cam, seen, mine in zip(cfg.cameras, sources, ep.sources, strict=True):
+        if mine != seen:
+            raise DatasetError(
+                f"episode {source.episode_id}: camera {cam.name} ({cam.info_topic}) is "
+                f"{_describe(mine)}, episode {first_id} {_describe(seen)}; build one dataset "
+                "per camera calibration"
+            )
+
+
+def _describe(info: dict | None) -> str:
+    if info is None:
+        return "without camera_info"
+    k = info["k"]
+    return (
+        f"{info['width']}x{info['height']} fx {k[0]:.2f} fy {k[4]:.2f} cx {k[2]:.2f} "
+        f"cy {k[5]:.2f} d {info['d']}"
     )
 
 
@@ -278,11 +307,15 @@ def _build_into(
     files: dict[str, _Appender] = {}
     records: list[dict] = []
     skipped: list[str] = []
+    first: tuple[str, list[dict | None]] | None = None  # (episode, its cameras' camera_info)
     start = 0
     bar = tqdm(episodes, desc="reading bags", unit="episode", disable=not progress)
     for source in bar:
         try:
             ep = _read_episode(source, cfg, joints)
+            if first is None:
+                first = (source.episode_id, ep.sources)
+            _check_sources(cfg, source, ep, first)
         except DatasetError as e:
             if not skip_bad:
                 raise
@@ -311,7 +344,7 @@ def _build_into(
              "length": n, "task": ep.task, "mcap_sha256": ep.sha256}
         )  # fmt: skip
         start += n
-    if not records:
+    if not records or first is None:
         raise DatasetError("every episode was refused:\n" + "\n".join(skipped))
     arrays = {name: f.close() for name, f in files.items()}
     for rec, split in zip(
@@ -338,7 +371,9 @@ def _build_into(
         "state_names": state_names,
         "action_names": action_names,
         "cameras": [
-            {"name": c.name, "topic": c.topic, "height": h, "width": w} for c in cfg.cameras
+            {"name": c.name, "topic": c.topic, "height": h, "width": w}
+            | ({"source": src} if src is not None else {})
+            for c, src in zip(cfg.cameras, first[1], strict=True)
         ],
         "image_hw": [h, w],
         "control_rate_hz": cfg.control_rate_hz,

@@ -36,6 +36,13 @@ class SyntheticEpisode:
     lead_s: float = 0.1  # commands lead the measured positions by this (s)
     idle_s: float = 0.0  # the arm waits at its start pose this long before moving (s)
     start_time_s: float = 1.7e9  # s since the epoch
+    # Set: /cameras/<camera>/camera_info with every frame (same stamp), focal length camera_fx
+    # px, principal point centred, no distortion, for images of camera_info_hw (default: the
+    # recorded size); from the episode's middle on, fx camera_fx_late if that is set (a camera
+    # whose calibration changed mid-episode).
+    camera_fx: float | None = None
+    camera_info_hw: tuple[int, int] | None = None
+    camera_fx_late: float | None = None
 
     @property
     def topics(self) -> dict[str, str]:
@@ -44,7 +51,11 @@ class SyntheticEpisode:
             f"/{self.arm}/joint_states": "sensor_msgs/msg/JointState",
             f"/{self.arm}/commands": "std_msgs/msg/Float64MultiArray",
             self.camera_topic: image,
-        }
+        } | ({self.info_topic: "sensor_msgs/msg/CameraInfo"} if self.camera_fx else {})
+
+    @property
+    def info_topic(self) -> str:
+        return f"/cameras/{self.camera}/camera_info"
 
     @property
     def camera_topic(self) -> str:
@@ -85,6 +96,20 @@ def _stamps(spec: SyntheticEpisode, rate_hz: float, rng: np.random.Generator) ->
     return np.arange(n) / rate_hz + rng.uniform(-0.1, 0.1, n) / rate_hz + 0.1 / rate_hz
 
 
+def _camera_info(header, hw: tuple[int, int], fx: float):
+    h, w = hw
+    k = np.array([fx, 0.0, (w - 1) / 2, 0.0, fx, (h - 1) / 2, 0.0, 0.0, 1.0])
+    p = np.zeros(12)
+    p[[0, 2, 5, 6, 10]] = k[[0, 2, 4, 5, 8]]
+    roi = _T["sensor_msgs/msg/RegionOfInterest"](
+        x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+    )
+    return _T["sensor_msgs/msg/CameraInfo"](
+        header=header, height=h, width=w, distortion_model="plumb_bob", d=np.zeros(5), k=k,
+        r=np.eye(3).reshape(-1), p=p, binning_x=0, binning_y=0, roi=roi,
+    )  # fmt: skip
+
+
 def write_episode(
     bag_dir: str | Path, spec: SyntheticEpisode = SyntheticEpisode(), seed: int = 0
 ) -> Path:
@@ -117,9 +142,14 @@ def write_episode(
             "std_msgs/msg/Float64MultiArray")  # fmt: skip
     ts = _stamps(spec, spec.camera_rate_hz, rng)
     h, w = spec.image_hw
-    for t, q in zip(ts, traj(ts), strict=True):
+    for i, (t, q) in enumerate(zip(ts, traj(ts), strict=True)):
         rgb = render(q, spec.image_hw)
         header = _header(t0_ns + int(t * 1e9), spec.camera)
+        if spec.camera_fx is not None:
+            late = spec.camera_fx_late is not None and i >= len(ts) // 2
+            fx = spec.camera_fx_late if late else spec.camera_fx
+            add(spec.info_topic, t, _camera_info(header, spec.camera_info_hw or (h, w), fx),
+                "sensor_msgs/msg/CameraInfo")  # fmt: skip
         if spec.compressed:
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
             assert ok

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.jit import TracerWarning
 
+from apprentice.dataset.images import camera_info_record
 from apprentice.learning.act.model import ActPolicy
 from apprentice.learning.checkpoint import Policy, config_to_json
 from apprentice.learning.diffusion.model import DiffusionPolicy
@@ -85,8 +86,13 @@ def make_card(
     control_rate_hz: float,
     data_index_hash: str,
     state_names: list[str] | None = None,
+    camera_sources: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The policy card. Validates names against the config."""
+    """The policy card. Validates names against the config.
+
+    camera_sources: per camera name, the camera as trained (its CameraInfo as the dataset
+    recorded it, `apprentice.dataset.images.camera_info_record`); it becomes the camera's
+    "source" in the card, which the policy node checks the live camera's lens against."""
     cfg = policy.cfg
     state_names = list(joint_names if state_names is None else state_names)
     if len(joint_names) != cfg.action_dim:
@@ -99,6 +105,15 @@ def make_card(
         raise ValueError(f"control_rate_hz must be > 0, got {control_rate_hz}")
     if not isinstance(data_index_hash, str) or not data_index_hash:
         raise ValueError("data_index_hash must be a non-empty string")
+    sources = {k: v for k, v in (camera_sources or {}).items() if v is not None}
+    unknown = sorted(set(sources) - set(camera_names))
+    if unknown:
+        raise ValueError(f"camera_sources for unknown cameras {unknown}")
+    for name, src in sources.items():
+        try:
+            sources[name] = camera_info_record(**src)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"camera {name}: source {src!r} is not a CameraInfo record") from e
     h, w = cfg.image_hw
     n, s, a = cfg.n_cameras, cfg.state_dim, cfg.action_dim
     card: dict[str, Any] = {
@@ -106,7 +121,12 @@ def make_card(
         "policy_type": policy.policy_type,
         "joint_names": list(joint_names),
         "state_names": state_names,
-        "cameras": [{"name": c, "height": h, "width": w} for c in camera_names],
+        # height x width: the policy's input; source: the camera it was trained on (absent
+        # when the dataset did not record its camera_info)
+        "cameras": [
+            {"name": c, "height": h, "width": w} | ({"source": sources[c]} if c in sources else {})
+            for c in camera_names
+        ],
         "image_encoding": "float32 RGB, channels first, in [0, 1], resized to height x width",
         "normalization": {
             "where": "outside the graphs: feed normalized state, read normalized actions",
@@ -183,6 +203,7 @@ def export_onnx(
     control_rate_hz: float,
     data_index_hash: str,
     state_names: list[str] | None = None,
+    camera_sources: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Writes the graph(s) and `policy_card.json` into `out_dir`; returns the card.
 
@@ -196,6 +217,7 @@ def export_onnx(
         control_rate_hz=control_rate_hz,
         data_index_hash=data_index_hash,
         state_names=state_names,
+        camera_sources=camera_sources,
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

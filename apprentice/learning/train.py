@@ -779,6 +779,7 @@ def export_run(
         camera_names=[c["name"] for c in data["cameras"]],
         control_rate_hz=data["control_rate_hz"],
         data_index_hash=data["data_index_hash"],
+        camera_sources={c["name"]: c.get("source") for c in data["cameras"]},
     )
     runner = load_onnx_policy(out)
     cache = DatasetCache(data["cache"])

@@ -19,6 +19,7 @@ from apprentice.learning.train_cli import main
 
 TOL = 1e-4  # max abs, normalized units
 PNG = b"\x89PNG\r\n\x1a\n"
+FX = 55.4  # px: the recorded camera's focal length (48x64 images)
 TINY = {
     "act": ["d_model=32", "n_heads=4", "dim_feedforward=64", "n_encoder_layers=1",
             "n_decoder_layers=1", "n_vae_encoder_layers=1", "latent_dim=8", "chunk_size=10",
@@ -32,7 +33,8 @@ TINY = {
 def bags(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_bags")
     for i in range(3):
-        write_episode(root / f"ep{i}", SyntheticEpisode(duration_s=1.0, compressed=True), seed=i)
+        spec = SyntheticEpisode(duration_s=1.0, compressed=True, camera_fx=FX)  # + camera_info
+        write_episode(root / f"ep{i}", spec, seed=i)
     (root / "dataset.yaml").write_text(
         "image_hw: [36, 40]\nval_fraction: 0.34\n"
         "state: [{topic: /follower/joint_states}]\n"
@@ -73,7 +75,10 @@ def test_act_train_export_parity(bags, tmp_path, capsys) -> None:
     assert "max |onnx - torch|" in capsys.readouterr().out
     card = json.loads((run / "policy" / "policy_card.json").read_text())
     assert card["joint_names"] == cache.action_names == list(SyntheticEpisode().joints)
-    assert card["cameras"] == [{"name": "top", "height": 36, "width": 40}]
+    source = {"width": 64, "height": 48, "k": [FX, 0.0, 31.5, 0.0, FX, 23.5, 0.0, 0.0, 1.0],
+              "d": [0.0] * 5, "distortion_model": "plumb_bob"}  # fmt: skip
+    # the policy's input, and the camera it was trained on (cache metadata → run.json → card)
+    assert card["cameras"] == [{"name": "top", "height": 36, "width": 40, "source": source}]
     assert card["control_rate_hz"] == 50.0 and card["chunk_size"] == 10
     assert card["data_index_hash"] == cache.data_index_hash
     # export took the EMA weights; the runtime maps raw obs to the same raw actions

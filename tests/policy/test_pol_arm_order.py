@@ -68,8 +68,8 @@ def test_two_arms_get_their_own_commands_whichever_reports_first(tmp_path: Path)
     thread = threading.Thread(target=publish, daemon=True)
     thread.start()
     params = {
-        "policy_dir": str(policy), "arms": ["a", "b"], "cameras": ["top"], "image_width": W,
-        "image_height": H, "control_rate": 50.0, "output": "forward", "ramp_time": 0.2,
+        "policy_dir": str(policy), "arms": ["a", "b"], "cameras": ["top"],
+        "control_rate": 50.0, "output": "forward", "ramp_time": 0.2,
         "joint_lower": [-3.0] * 4, "joint_upper": [3.0] * 4, "max_velocity": [2.0] * 4,
         "max_accel": [50.0], "execution_provider": "cpu", "startup_timeout": 20.0,
     }  # fmt: skip
@@ -93,4 +93,5 @@ def test_two_arms_get_their_own_commands_whichever_reports_first(tmp_path: Path)
     a, b = np.stack(got["a"][-20:]), np.stack(got["b"][-20:])  # after the smooth start
     np.testing.assert_allclose(a, 0.1, atol=0.08)  # a's own actions, not b's (~0.9)
     np.testing.assert_allclose(b, 0.9, atol=0.08)
-
+    # a card exported without the camera's intrinsics runs, with a warning (no camera_info here)
+    assert "camera top (32x32 raw → 32x32): the policy card does not say" in log.read_text()

@@ -30,7 +30,13 @@ def policy_dir(tmp_path_factory) -> Path:
     joints = [j for a in arms for j in a.joints]
     home = np.concatenate([a.home for a in arms])  # actions near home: the arms move a little
     folder = tmp_path_factory.mktemp("policy") / "act"
-    return export_tiny_act(folder, joints, home, ["top"], (H, W), spread=0.05)
+    # "trained" on the record graph's camera: 320x240, the eval graph's lens (top=50° fovy);
+    # the eval renders at the card's size, and the policy node finds the same lens
+    f = 0.5 * 240 / np.tan(np.deg2rad(50.0) / 2)
+    k = [f, 0.0, 159.5, 0.0, f, 119.5, 0.0, 0.0, 1.0]
+    source = {"width": 320, "height": 240, "k": k, "d": [0.0] * 5, "distortion_model": "plumb_bob"}
+    return export_tiny_act(folder, joints, home, ["top"], (H, W), spread=0.05,
+                           intrinsics={"top": source})  # fmt: skip
 
 
 def _eval(argv: list[str]) -> int:
@@ -79,4 +85,4 @@ def test_eval_runs_episodes_and_writes_table_json_videos(policy_dir, tmp_path, c
     # the policy node got the scene's joint limits in the card's joint order
     params = results["policy_params"]
     assert params["arms"] == ["left", "right"] and len(params["joint_lower"]) == 14
-    assert (params["image_height"], params["image_width"]) == (H, W)
+    assert "image_height" not in params  # the node resizes to the card's size itself

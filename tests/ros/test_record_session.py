@@ -22,6 +22,7 @@ NOMINAL = {  # Hz
     "/left/commands": 50,
     "/right/commands": 50,
     "/cameras/top/image_raw": 30,
+    "/cameras/top/camera_info": 30,  # the lens, with every frame (the dataset keeps it)
 }
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 
+from apprentice.dataset.images import camera_info_record, compressed_to_input, raw_to_input
 from apprentice.robot_io import CameraSpec, Frame, JointReading
 
 
@@ -68,6 +69,23 @@ def image_to_array(msg: Image) -> np.ndarray:
         .reshape(msg.height, msg.step)[:, : msg.width * 3]
         .reshape(msg.height, msg.width, 3)
     )
+
+
+def policy_image(
+    msg: Image | CompressedImage, hw: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """A camera message → ((3, h, w) uint8 RGB at the policy's input size `hw`, (H, W) as
+    sent), by the functions the dataset builder prepares recorded frames with: the same bytes
+    give the same array offline and live. Raises ValueError for an undecodable image."""
+    data = np.frombuffer(msg.data, np.uint8)  # no copy
+    if isinstance(msg, CompressedImage):
+        return compressed_to_input(data, hw)
+    return raw_to_input(data, msg.height, msg.width, msg.encoding, msg.step, hw)
+
+
+def camera_info_to_record(msg: CameraInfo) -> dict:
+    """CameraInfo → the record a policy card's camera "source" holds. Raises ValueError."""
+    return camera_info_record(msg.width, msg.height, msg.k, msg.d, msg.distortion_model)
 
 
 def camera_info(spec: CameraSpec, stamp: float, frame_id: str) -> CameraInfo:

@@ -3,15 +3,37 @@ safety layer (apprentice.policy_server). Wiring only: the runtime, chunking and 
 
 Start-up, in order, and nothing is published before the last step:
   1. load the folder (card complete, graphs load on the configured execution provider)
-  2. wait for every arm's joint_states and every camera's first image (`startup_timeout`)
-  3. check card against robot: joint names (as the arms report them), cameras, image sizes
-     (as published and as configured), control rate; joint limits must be given
+  2. wait for every arm's joint_states, every camera's first image and, for each camera the
+     card has a "source" (the camera it was trained on) for, its camera_info
+     (`startup_timeout`)
+  3. check card against robot: joint names (as the arms report them), camera names, control
+     rate; joint limits must be given; the lens of each camera (policy_server.card.check_lens:
+     normalized intrinsics and aspect ratio within 2 %; any resolution of the same lens is
+     fine, frames are resized to the card's size). A lens mismatch, or no camera_info in time,
+     refuses unless `allow_camera_mismatch` (then a warning); a card without "source" (an
+     older export) runs with a warning that the lens cannot be checked
   4. one warm-up inference, then the control and inference threads start from the measured pose
 Any failure: a clear error on the log, exit code 2, no command ever published.
 
+Frames: any size, raw (any encoding apprentice.dataset.images decodes) or JPEG per
+`image_transport`; each is decoded and resized to the card's input in the image callback
+(camera_input.py), by the functions the dataset builder used, so the live input equals the
+training input pixel for pixel and the control thread never decodes.
+
+Parameters (DEFAULTS below, with units; these are the ones a robot config sets):
+  policy_dir              the exported folder (required)
+  arms                    arm namespaces, in the card's joint order
+  cameras                 camera names, in the card's camera order
+  image_transport         raw | compressed
+  allow_camera_mismatch   run despite a lens mismatch or a missing camera_info (warns)
+  joint_lower/joint_upper position limits, card joint order (required); safe_pose optional
+  control_rate, execution, output, max_velocity, max_accel, ...: the runtime and safety layer
+
 Topics:
   in   /<arm>/joint_states             sensor_msgs/JointState (per arm in `arms`)
-  in   /cameras/<cam>/image_raw        sensor_msgs/Image rgb8 (per camera in `cameras`)
+  in   /cameras/<cam>/image_raw        sensor_msgs/Image (image_transport raw), or
+       /cameras/<cam>/image_raw/compressed  sensor_msgs/CompressedImage (compressed)
+  in   /cameras/<cam>/camera_info      sensor_msgs/CameraInfo (start-up only)
   in   `estop_topic` (/estop)          std_msgs/Bool: True latches the e-stop (False does not
                                        clear it: only the rearm service does)
   out  per `output`:
@@ -35,16 +57,17 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CameraInfo, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from apprentice.policy_server.adapters import open_policy
-from apprentice.policy_server.card import CameraConfig, PolicyRefused, RobotConfig, check_robot
+from apprentice.policy_server.card import PolicyRefused, RobotConfig, check_lens, check_robot
 from apprentice.policy_server.loop import Command, Observations, PolicyRuntime, RuntimeConfig
 from apprentice.policy_server.safety import SafetyConfig
-from apprentice_ros.conversions import from_time, image_to_array, to_time
+from apprentice_ros.camera_input import TRANSPORTS, CameraInput
+from apprentice_ros.conversions import from_time, to_time
 from apprentice_ros.params import declare
 from apprentice_ros.runtime import init, spin_nodes
 
@@ -55,9 +78,10 @@ EXIT_REFUSED = 2
 DEFAULTS = {
     "policy_dir": "",
     "arms": ["right"],  # namespaces: /<arm>/joint_states in, commands out; card order = arm order
-    "cameras": ["top"],  # /cameras/<name>/image_raw, in the card's camera order
-    "image_width": 320,  # pixels every camera publishes
-    "image_height": 240,
+    "cameras": ["top"],  # /cameras/<name>/..., in the card's camera order
+    "image_transport": "raw",  # raw: image_raw (Image) | compressed: image_raw/compressed (JPEG)
+    # true: a lens that differs from the card's, or no camera_info, warns instead of refusing
+    "allow_camera_mismatch": False,
     "control_rate": 50.0,  # Hz, a whole multiple of the card's rate, at most 200
     "execution": "ensemble",  # ensemble | receding | rtc
     "n_execute": 0,  # receding / rtc: actions per chunk (0: the card's action_horizon)
@@ -158,9 +182,9 @@ class PolicyNode(Node):
         for name in (*REQUIRED_ARRAYS, *OPTIONAL_ARRAYS):
             self.declare_parameter(name, Parameter.Type.DOUBLE_ARRAY)
         self.runtime: PolicyRuntime | None = None
-        self.bad_frames = 0
         self._arm_names: dict[str, tuple[str, ...]] = {}
-        self._frame_hw: dict[str, tuple[int, int]] = {}
+        self.inputs: dict[str, CameraInput] = {}  # the card's cameras that are configured
+        self._info_cams: list[str] = []  # those the card has a source for: camera_info wanted
 
     def _array(self, name: str) -> np.ndarray | None:
         try:
@@ -178,6 +202,10 @@ class PolicyNode(Node):
             raise PolicyRefused("parameter policy_dir is required")
         if not p["switch_interval"] > 0:
             raise PolicyRefused(f"switch_interval must be > 0 s, got {p['switch_interval']}")
+        if p["image_transport"] not in TRANSPORTS:
+            raise PolicyRefused(
+                f"unknown image_transport {p['image_transport']!r}; known: {sorted(TRANSPORTS)}"
+            )
         policy = open_policy(p["policy_dir"], p["execution_provider"], p["threads"])
         log.info(
             f"policy {p['policy_dir']} ({policy.card['policy_type']}): execution provider "
@@ -189,24 +217,36 @@ class PolicyNode(Node):
                 JointState, f"/{arm}/joint_states", lambda m, a=arm: self._on_joints(a, m),
                 JOINT_QOS,
             )  # fmt: skip
+        card_cams = {c["name"]: c for c in policy.card["cameras"]}
+        msg_type, suffix = TRANSPORTS[p["image_transport"]]
+        info_subs = []
         for cam in p["cameras"]:
+            if cam not in card_cams:
+                continue  # check_robot names it
+            hw = (int(card_cams[cam]["height"]), int(card_cams[cam]["width"]))
+            cam_input = CameraInput(cam, hw, self.obs.push_frame, self._warn)
+            self.inputs[cam] = cam_input
             self.create_subscription(
-                Image, f"/cameras/{cam}/image_raw", lambda m, c=cam: self._on_image(c, m),
-                IMAGE_QOS,
-            )  # fmt: skip
+                msg_type, f"/cameras/{cam}/{suffix}", cam_input.on_image, IMAGE_QOS
+            )
+            if "source" in card_cams[cam]:
+                self._info_cams.append(cam)
+                info_subs.append(self.create_subscription(
+                    CameraInfo, f"/cameras/{cam}/camera_info", cam_input.on_info, IMAGE_QOS
+                ))  # fmt: skip
         self._wait_for_robot(p["startup_timeout"])
+        for sub in info_subs:  # the lens is checked once, here
+            self.destroy_subscription(sub)
 
         joint_names = tuple(n for arm in p["arms"] for n in self._arm_names[arm])
-        size = (p["image_height"], p["image_width"])
-        robot = RobotConfig(
-            joint_names,
-            tuple(CameraConfig(c, *size) for c in p["cameras"]),
-            p["control_rate"],
-        )
+        robot = RobotConfig(joint_names, tuple(p["cameras"]), p["control_rate"])
         problems = check_robot(policy.card, robot)
-        for cam, hw in self._frame_hw.items():
-            if hw != size:
-                problems.append(f"camera {cam} publishes {hw[0]}x{hw[1]}, configured {size}")
+        lens_problems = self._check_lenses(card_cams)
+        if lens_problems and p["allow_camera_mismatch"]:
+            for problem in lens_problems:
+                log.warning(f"{problem} (allow_camera_mismatch: running anyway)")
+        else:
+            problems += lens_problems
         lower, upper = self._array("joint_lower"), self._array("joint_upper")
         if lower is None or upper is None:
             problems.append("joint_lower and joint_upper are required (the safety limits)")
@@ -251,16 +291,51 @@ class PolicyNode(Node):
         )
 
     def _wait_for_robot(self, timeout: float) -> None:
+        """Until every arm and camera has sent its first message and every camera the card has
+        a source for its camera_info; a missing camera_info is `_check_lenses`'s to report."""
         end = time.monotonic() + timeout
         while True:
             missing = [a for a in self.p["arms"] if a not in self._arm_names]
-            missing += [c for c in self.p["cameras"] if c not in self._frame_hw]
-            if not missing:
+            missing += [c for c, i in self.inputs.items() if i.source_hw is None]
+            infos = [c for c in self._info_cams if self.inputs[c].info is None]
+            if not missing and not infos:
                 return
             if time.monotonic() >= end:
                 break
             rclpy.spin_once(self, timeout_sec=0.05)
-        raise PolicyRefused(f"no message within {timeout:g} s from: {', '.join(missing)}")
+        if missing:
+            raise PolicyRefused(f"no message within {timeout:g} s from: {', '.join(missing)}")
+
+    def _check_lenses(self, card_cams: dict[str, dict]) -> list[str]:
+        """Each camera's live camera_info against the card's source: the lens problems."""
+        problems, log = [], self.get_logger()
+        for cam, cam_input in self.inputs.items():
+            h, w = cam_input.source_hw or (0, 0)
+            size = f"{w}x{h} {self.p['image_transport']} → {cam_input.hw[1]}x{cam_input.hw[0]}"
+            trained, live = card_cams[cam].get("source"), cam_input.info
+            if trained is None:
+                log.warning(
+                    f"camera {cam} ({size}): the policy card does not say which camera it was "
+                    "trained on (exported before cards carried intrinsics): the lens cannot be "
+                    "checked"
+                )
+                continue
+            if live is None:
+                problems.append(
+                    f"camera {cam}: no camera_info on /cameras/{cam}/camera_info within "
+                    f"{self.p['startup_timeout']:g} s: the lens cannot be checked"
+                )
+                continue
+            if (live["height"], live["width"]) != cam_input.source_hw:
+                problems.append(
+                    f"camera {cam}: camera_info describes {live['width']}x{live['height']} "
+                    f"images, the camera sends {w}x{h}"
+                )
+            found = check_lens(cam, trained, live)
+            problems += found
+            if not found:
+                log.info(f"camera {cam} ({size}): the lens the policy was trained with")
+        return problems
 
     def _on_joints(self, arm: str, msg: JointState) -> None:
         names = tuple(msg.name)
@@ -270,13 +345,8 @@ class PolicyNode(Node):
             return  # the robot changed under us: these states are not the ones checked
         self.obs.push_joints(arm, from_time(msg.header.stamp), np.asarray(msg.position))
 
-    def _on_image(self, camera: str, msg: Image) -> None:
-        hw = (msg.height, msg.width)
-        self._frame_hw.setdefault(camera, hw)
-        if hw != (self.p["image_height"], self.p["image_width"]) or msg.encoding != "rgb8":
-            self.bad_frames += 1  # never fed to the policy: the watchdog will hold
-            return
-        self.obs.push_frame(camera, from_time(msg.header.stamp), image_to_array(msg))
+    def _warn(self, text: str) -> None:
+        self.get_logger().warning(text, throttle_duration_sec=1.0)
 
     def _log(self, level: str, text: str) -> None:
         log = self.get_logger()
@@ -310,7 +380,7 @@ class PolicyNode(Node):
         assert self.runtime is not None
         stats = self.runtime.stats()
         stats.update(
-            bad_frames=self.bad_frames,
+            bad_frames=sum(i.bad_frames for i in self.inputs.values()),
             provider=self.runtime.policy.provider,
             torch_imported="torch" in sys.modules,  # the robot side must run without torch
             control_rate=self.p["control_rate"],
