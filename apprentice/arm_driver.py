@@ -2,13 +2,26 @@
 
 A rejected command never reaches the arm: the arm keeps its last accepted target (at start,
 the position it was in), the rejection is counted and its reason kept for the log.
+
+Velocity limit (the last guard before the motors: teleop and the policy node limit their steps,
+anything else publishing commands does not): each accepted command moves each joint at most
+`max_velocity × min(t − t_prev, MAX_STEP_TIME)` from the previous target, where t_prev is the
+arrival of the previous accepted command (at start: the driver's construction). A command that
+asks for more is moved that far toward its target, accepted and counted in `clamped`; a single
+far command (a 2 rad jump) therefore moves one step, and a stream of them moves at most at
+`max_velocity`. The cap keeps a command after a pause from jumping by the whole pause's worth.
+Two commands that arrive bunched (DDS delivers a late one just before the next) give the first
+a short step; the next, a longer interval, catches up. Limits come from the backend
+(apprentice.drivers.factory: a robot config's per-joint `max_velocity`, else the servo's no-load
+speed; MuJoCo: SIM_MAX_VELOCITY) unless the node's `max_velocity` parameter overrides them.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +29,7 @@ import numpy as np
 from apprentice.robot_io import Arm, ArmSpec, JointReading
 
 LIMIT_TOLERANCE = 1e-6  # rad or m
+MAX_STEP_TIME = 0.05  # s: the longest interval one command's step may cover (20 Hz)
 
 
 @dataclass(frozen=True)
@@ -44,16 +58,39 @@ def check_positions(position: np.ndarray, spec: ArmSpec) -> Verdict:
     return Verdict(True)
 
 
-class ArmDriver:
-    """Owns one Arm: reads it, and writes only commands that pass `check_positions`."""
+def velocity_limits(
+    max_velocity: float | Sequence[float] | np.ndarray, n_joints: int
+) -> np.ndarray:
+    """(J,) positive finite limits from one value (every joint) or one per joint."""
+    v = np.atleast_1d(np.asarray(max_velocity, dtype=float))
+    if v.shape == (1,):
+        v = np.full(n_joints, v[0])
+    if v.shape != (n_joints,):
+        raise ValueError(f"max_velocity: {v.size} values for {n_joints} joints (give 1 or all)")
+    if not np.all(np.isfinite(v) & (v > 0)):
+        raise ValueError(f"max_velocity must be positive and finite, got {v.tolist()}")
+    return v
 
-    def __init__(self, arm: Arm) -> None:
+
+class ArmDriver:
+    """Owns one Arm: reads it, and writes only commands that pass `check_positions`, each
+    step bounded by `max_velocity` (joint units/s; one value or one per joint)."""
+
+    def __init__(
+        self,
+        arm: Arm,
+        max_velocity: float | Sequence[float] | np.ndarray,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.arm = arm
         self.spec = arm.spec
+        self.max_velocity = velocity_limits(max_velocity, self.spec.n_joints)
+        self._clock = clock
         self._lock = threading.Lock()
         self._index = {name: i for i, name in enumerate(self.spec.joint_names)}
         self._target = np.array(arm.read().position, dtype=float)  # hold where we start
-        self.counts: Counter[str] = Counter()  # accepted / rejected
+        self._target_time = clock()  # when the last accepted command came (s, `clock`)
+        self.counts: Counter[str] = Counter()  # accepted / rejected / clamped
         self.last_rejection = ""
 
     @property
@@ -85,18 +122,22 @@ class ArmDriver:
         return self._apply(q)
 
     def set_torque(self, enabled: bool) -> None:
-        if enabled:
-            # Re-enabling must not jump to a stale target: hold the present position.
-            with self._lock:
+        with self._lock:
+            # Torque-on holds the present pose in the backend (a servo bus refuses goal writes
+            # until then after a rearm; MuJoCo ignores them while limp); then the driver's
+            # target follows, so the next command steps from where the arm is, not a stale one.
+            self.arm.set_torque(enabled)
+            if enabled:
                 self._target = np.array(self.arm.read().position, dtype=float)
                 self.arm.write(self._target)
-        self.arm.set_torque(enabled)
 
     def stats(self) -> dict[str, object]:
         return {
             "accepted": self.counts["accepted"],
             "rejected": self.counts["rejected"],
+            "clamped": self.counts["clamped"],
             "last_rejection": self.last_rejection,
+            "max_velocity": self.max_velocity.tolist(),
         }
 
     def _apply(self, q: np.ndarray) -> Verdict:
@@ -104,9 +145,16 @@ class ArmDriver:
         if not verdict.accepted:
             return self._reject(verdict.reason)
         with self._lock:
-            self._target = np.clip(q, self.spec.lower, self.spec.upper)
-            self.arm.write(self._target)
+            now = self._clock()
+            max_step = self.max_velocity * min(max(now - self._target_time, 0.0), MAX_STEP_TIME)
+            wanted = np.clip(q, self.spec.lower, self.spec.upper) - self._target
+            step = np.clip(wanted, -max_step, max_step)
+            target = self._target + step
+            self.arm.write(target)  # a backend refusal raises: target and time stay
+            self._target, self._target_time = target, now
             self.counts["accepted"] += 1
+            if np.any(np.abs(wanted - step) > LIMIT_TOLERANCE):
+                self.counts["clamped"] += 1
         return verdict
 
     def _reject(self, reason: str) -> Verdict:

@@ -273,9 +273,19 @@ def deploy_graph(
                 "arms": arms,
                 "cameras": [c.name for c in cameras],
                 "image_transport": "compressed",
+                "allow_camera_mismatch": False,
                 "control_rate": float(card["control_rate_hz"]),
                 "joint_lower": lower,
                 "joint_upper": upper,
+                # the tunables a person sets on the command line (-p policy.KEY=VALUE); the
+                # node's own defaults, listed so that a mistyped name is refused, not ignored
+                "execution": "ensemble",
+                "max_velocity": [1.0],  # rad/s (gripper: its units/s)
+                "max_accel": [10.0],
+                "execution_provider": "auto",
+                "threads": 1,
+                "realtime_priority": 0,
+                "startup_timeout": 20.0,  # s: cameras (RealSense) take seconds to stream
             },
         )
     )

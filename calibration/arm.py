@@ -36,8 +36,8 @@ import yaml
 from apprentice.drivers import dynamixel as dxl
 from apprentice.drivers import feetech as ft
 from apprentice.drivers.bus import ServoBus
-from apprentice.drivers.bus_arm import CENTER_TICKS, RAD_PER_TICK, TICKS_PER_REV, JointCalibration
 from apprentice.drivers.factory import MODELS, ArmConfig
+from apprentice.drivers.joints import CENTER_TICKS, RAD_PER_TICK, TICKS_PER_REV, JointCalibration
 from apprentice.drivers.link import BusError, SerialLink
 from apprentice.robot_io import ArmSpec
 

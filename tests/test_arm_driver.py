@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apprentice.arm_driver import ArmDriver, check_positions
+from apprentice.arm_driver import MAX_STEP_TIME, ArmDriver, check_positions, velocity_limits
 from apprentice.robot_io import Arm, ArmSpec
 from apprentice.sim.world import MujocoWorld
 
@@ -47,7 +47,7 @@ def test_mujoco_arm_is_an_arm(world: MujocoWorld) -> None:
 
 
 def test_driver_rejects_bad_commands_and_holds(world: MujocoWorld) -> None:
-    driver = ArmDriver(world.arm("arm"))
+    driver = ArmDriver(world.arm("arm"), max_velocity=10.0)
     start = driver.target
     spec = driver.spec
     bad = [
@@ -65,11 +65,63 @@ def test_driver_rejects_bad_commands_and_holds(world: MujocoWorld) -> None:
     assert np.max(np.abs(world.arm("arm").read().position - start)) < 0.02
 
 
+class Clock:
+    """A hand-set clock for the velocity rule (s)."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def test_named_command_changes_only_named_joints(world: MujocoWorld) -> None:
-    driver = ArmDriver(world.arm("arm"))
+    clock = Clock()
+    driver = ArmDriver(world.arm("arm"), max_velocity=10.0, clock=clock)
+    clock.t += 1.0  # a step of up to 10 rad/s × 0.05 s
     before = driver.target
     assert driver.command_named(["wrist_roll"], [before[4] + 0.2]).accepted
     after = driver.target
     assert after[4] == pytest.approx(before[4] + 0.2)
     np.testing.assert_array_equal(np.delete(after, 4), np.delete(before, 4))
     assert driver.stats()["accepted"] == 1
+
+
+def test_each_command_moves_at_most_max_velocity_times_the_capped_interval(
+    world: MujocoWorld,
+) -> None:
+    clock = Clock()
+    limits = np.array([2.0, 1.0, 1.0, 1.0, 1.0, 0.5])
+    driver = ArmDriver(world.arm("arm"), max_velocity=limits, clock=clock)
+    spec, start = driver.spec, driver.target
+    far = np.where(start - spec.lower > spec.upper - start, spec.lower, spec.upper)  # ≥ 1 rad
+    direction = np.sign(far - start)
+    expected = start.copy()
+    # (seconds since the previous accepted command, the step each joint may take)
+    for dt, allowed in [(10.0, MAX_STEP_TIME), (0.01, 0.01), (0.0, 0.0), (0.03, 0.03)]:
+        clock.t += dt
+        assert driver.command(far).accepted
+        expected = expected + direction * limits * allowed
+        np.testing.assert_allclose(driver.target, expected, atol=1e-12)
+    assert driver.stats()["clamped"] == 4 and driver.stats()["accepted"] == 4
+    # A step within the limit goes through as asked and is not counted.
+    clock.t += 0.02
+    small = expected + direction * limits * 0.01
+    assert driver.command(small).accepted
+    np.testing.assert_array_equal(driver.target, small)
+    assert driver.stats()["clamped"] == 4
+    # A rejected command does not count as the previous one: its time does not shorten a step.
+    clock.t += 0.02
+    assert not driver.command(np.full(6, np.nan)).accepted
+    clock.t += 0.02
+    assert driver.command(far).accepted
+    np.testing.assert_allclose(driver.target, small + direction * limits * 0.04, atol=1e-12)
+
+
+def test_velocity_limits_one_value_or_one_per_joint() -> None:
+    np.testing.assert_array_equal(velocity_limits(3.0, 3), [3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(velocity_limits([3], 2), [3.0, 3.0])
+    np.testing.assert_array_equal(velocity_limits([1, 2], 2), [1.0, 2.0])
+    for bad in ([1.0, 2.0], [0.0], [-1.0], [np.inf], [np.nan], []):
+        with pytest.raises(ValueError, match="max_velocity"):
+            velocity_limits(bad, 3)

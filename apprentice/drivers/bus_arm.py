@@ -12,6 +12,15 @@ were cleared behind the user's back):
   `clear_errors()`; nothing clears them on its own;
 - on Dynamixel the Bus Watchdog is set at connect, so servos stop if this host goes silent; a
   fired watchdog is detected and is a fault (it needs `rearm()`).
+Torque (an unplugged adapter left servos torqued and a command after `rearm()` moved them):
+- while in the safe state every `read()` re-sends torque-off; after an I/O error (adapter
+  unplugged) it also reopens the port every `REOPEN_INTERVAL_S`, so the servos, still powered,
+  go limp as soon as the bus answers again, before any rearm;
+- `rearm()` sends torque-off and checks every torque register reads back 0; goal writes are then
+  refused (`WriteRefused`, counted in `refused_writes`) until `set_torque(True)`;
+- torque-on first reads each servo's error state fresh (Feetech: the status error byte;
+  Dynamixel: Hardware Error Status) and refuses (`TorqueRefused`), enabling none, if any
+  servo reports an error.
 The stamp of a reading is time.time() at the middle of the successful read transaction.
 
 Neither protocol numbers its packets, so a reply that comes after its deadline looks like an
@@ -27,12 +36,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from apprentice.drivers.bus import ServoBus, SyncReadError
+from apprentice.drivers.joints import RAD_PER_TICK, JointCalibration, ServoFamily
 from apprentice.drivers.link import (
     BusCorrupt,
     BusError,
@@ -45,84 +54,22 @@ from apprentice.robot_io import ArmSpec, JointReading
 
 log = logging.getLogger(__name__)
 
-TICKS_PER_REV = 4096  # both families
-CENTER_TICKS = 2048
-RAD_PER_TICK = 2.0 * math.pi / TICKS_PER_REV
-
 T = TypeVar("T")
+
+
+REOPEN_INTERVAL_S = 0.5  # how often a faulted arm tries a failed port again
 
 
 class ArmFaulted(BusError):
     """The arm is in its safe state; only `rearm()` brings it back."""
 
 
-class ServoFamily(Protocol):
-    """What `ServoBusArm` needs to know of a servo model (dynamixel.XSeries, feetech.STS3215)."""
-
-    name: str
-    protocol: str
-    model_number: int
-    bus_class: type[ServoBus]
-    torque_address: int
-    goal_address: int
-    goal_length: int
-    state_address: int
-    state_length: int
-    hardware_error_address: int | None
-    watchdog_address: int | None
-
-    def decode_state(self, data: bytes) -> tuple[int, float, float]: ...
-
-    def encode_goal(self, ticks: int) -> bytes: ...
-
-    def error_names(self, error: int) -> list[str]: ...
-
-    def needs_hardware_status(self, error: int) -> bool: ...
-
-    def instruction_failed(self, error: int) -> bool: ...
-
-    def hardware_error_names(self, value: int) -> list[str]: ...
+class WriteRefused(BusError):
+    """A goal write while torque is off after `rearm()`: nothing moves until set_torque(True)."""
 
 
-@dataclass(frozen=True)
-class JointCalibration:
-    """Servo id and the map from its ticks to joint units.
-
-    Revolute: q = sign * (ticks - 2048 - homing_offset) * 2π/4096 rad.
-    Linear (grippers, `linear_ticks` set): q goes linearly from `linear_values[0]` at
-    `linear_ticks[0]` to `linear_values[1]` at `linear_ticks[1]` (m, or 0..1 for a closure).
-    """
-
-    servo_id: int
-    homing_offset: int = 0  # ticks
-    sign: int = 1
-    linear_ticks: tuple[int, int] | None = None
-    linear_values: tuple[float, float] = (0.0, 1.0)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.servo_id <= 252:
-            raise ValueError(f"servo id {self.servo_id} out of 0..252")
-        if self.sign not in (1, -1):
-            raise ValueError(f"sign must be 1 or -1, got {self.sign}")
-        if self.linear_ticks is not None and self.linear_ticks[0] == self.linear_ticks[1]:
-            raise ValueError("linear_ticks must be two different tick values")
-
-    @property
-    def units_per_tick(self) -> float:
-        if self.linear_ticks is None:
-            return self.sign * RAD_PER_TICK
-        (t0, t1), (v0, v1) = self.linear_ticks, self.linear_values
-        return (v1 - v0) / (t1 - t0)
-
-    def to_joint(self, ticks: int) -> float:
-        if self.linear_ticks is None:
-            return (ticks - CENTER_TICKS - self.homing_offset) * self.units_per_tick
-        return self.linear_values[0] + (ticks - self.linear_ticks[0]) * self.units_per_tick
-
-    def to_ticks(self, q: float) -> int:
-        if self.linear_ticks is None:
-            return round(q / self.units_per_tick) + CENTER_TICKS + self.homing_offset
-        return round((q - self.linear_values[0]) / self.units_per_tick) + self.linear_ticks[0]
+class TorqueRefused(BusError):
+    """Torque-on refused because a servo reports a hardware error; torque stays off."""
 
 
 COUNTER_NAMES = (
@@ -137,6 +84,8 @@ COUNTER_NAMES = (
     "servo_error_replies",  # status packets with a non-zero error byte
     "safe_state_entries",
     "rearms",
+    "reopens",  # the port opened again after an I/O error
+    "refused_writes",  # goal writes while torque is off after a rearm
 )
 
 
@@ -160,6 +109,8 @@ class ServoBusArm:
         # ms between node start-up and the first read, and a false trip needs a rearm.
         watchdog_s: float = 0.5,
     ) -> None:
+        if not 0.0 < timeout_s < math.inf or retries < 0:
+            raise ValueError(f"bus timeout {timeout_s} s must be positive, retries {retries} >= 0")
         if len(joints) != spec.n_joints:
             raise ValueError(f"{len(joints)} calibrations for {spec.n_joints} joints")
         ids = [j.servo_id for j in joints]
@@ -181,10 +132,14 @@ class ServoBusArm:
         self._consecutive = 0
         self._faulted: str | None = None
         self._torque = False
+        self._writes_held = False  # after rearm(): goal writes refused until torque-on
+        self._link_failed = False  # the port gave an I/O error: reopen it while faulted
+        self._next_reopen = 0.0
         self._last_traffic = time.monotonic()
         self.bus = self._open()
         try:
             self._connect()
+            self._hold_present()
         except BaseException:
             self.bus.link.close()
             raise
@@ -197,8 +152,10 @@ class ServoBusArm:
     def read(self) -> JointReading:
         with self._lock:
             if self._faulted is not None:
-                # A servo that was off the bus when the safe state began never heard the
-                # torque-off: repeat it while faulted, so one that comes back goes limp too.
+                # A servo that was off the bus (or behind an unplugged adapter) when the safe
+                # state began never heard the torque-off: repeat it while faulted, so one that
+                # comes back goes limp too.
+                self._reopen_if_failed()
                 self._torque_off_best_effort()
             self._check_watchdog()
             (replies, t0, t1) = self._transact("read", self._sync_read_state)
@@ -218,6 +175,12 @@ class ServoBusArm:
             raise ValueError(f"expected {len(self.joints)} positions, got shape {q.shape}")
         with self._lock:
             self._refuse_if_faulted("write")
+            if self._writes_held:
+                self._counts["refused_writes"] += 1
+                raise WriteRefused(
+                    "goal write refused: torque is off since rearm(); set_torque(True) first "
+                    "(it holds the present pose)"
+                )
             self._check_watchdog()
             goals = {
                 j.servo_id: self.family.encode_goal(j.to_ticks(v))
@@ -230,6 +193,7 @@ class ServoBusArm:
             if enabled:
                 self._refuse_if_faulted("torque on")
                 self._check_watchdog()
+                self._refuse_if_servo_errors()
                 self._hold_present()  # so torque-on does not jump to an old goal
             refused = []
             for servo_id in self.ids:
@@ -243,6 +207,8 @@ class ServoBusArm:
                 if self.family.instruction_failed(reply.error):
                     refused.append(self._spec.joint_names[self.ids.index(servo_id)])
             self._torque = enabled  # even if some refused: the others did switch
+            if enabled and not refused:
+                self._writes_held = False
             if refused:
                 raise BusError(
                     f"torque {'on' if enabled else 'off'} refused by {refused}: {self.servo_errors}"
@@ -291,22 +257,21 @@ class ServoBusArm:
                 e.clear()
 
     def rearm(self) -> None:
-        """Leaves the safe state: reopens the port if it failed, pings every servo, resets the
-        watchdog and sets goals to present positions. Torque stays off; call set_torque(True)."""
+        """Leaves the safe state: reopens the port if it failed, turns torque off and checks
+        every torque register reads 0, pings every servo and resets the watchdog. Goal
+        registers are left alone, and goal writes are refused until set_torque(True)."""
         with self._lock:
-            if self._counts["io_errors"] and isinstance(self._port, str):
-                try:
-                    self.bus.link.close()
-                except OSError:
-                    pass
-                self.bus = self._open()
             self._consecutive = 0
             self._faulted = None
             try:
+                if self._link_failed and isinstance(self._port, str):
+                    self._reopen()
+                self._torque_off_verified()
                 self._connect()
-            except BusError as exc:
+            except (BusError, OSError) as exc:
                 self._faulted = f"rearm failed: {exc}"
                 raise ArmFaulted(self._faulted) from exc
+            self._writes_held = True
             self._counts["rearms"] += 1
 
     # --- internals -----------------------------------------------------------------------
@@ -317,6 +282,69 @@ class ServoBusArm:
             else SerialLink(self._port, self._baudrate)
         )
         return self.family.bus_class(link, timeout_s=self._timeout_s)
+
+    def _reopen_if_failed(self) -> None:
+        """While faulted after an I/O error: tries the port again, at most every
+        REOPEN_INTERVAL_S (the node's read loop calls read() every tick)."""
+        now = time.monotonic()
+        if not (self._link_failed and isinstance(self._port, str)) or now < self._next_reopen:
+            return
+        self._next_reopen = now + REOPEN_INTERVAL_S
+        try:
+            self._reopen()
+        except OSError:
+            return  # the device is not back yet
+        log.warning("servo bus %s open again; torque-off follows", self._port)
+
+    def _reopen(self) -> None:
+        """A new link first, then the dead one closed (its fd number is not reused meanwhile)."""
+        bus = self._open()
+        try:
+            self.bus.link.close()
+        except OSError:
+            pass
+        self.bus = bus
+        self._link_failed = False
+        self._counts["reopens"] += 1
+
+    def _torque_off_verified(self) -> None:
+        """Torque off on every servo, confirmed by reading each torque register back."""
+        address = self.family.torque_address
+        on: list[str] = []
+        for _ in range(2):  # a servo that missed the broadcast gets a second one
+            self._torque_off_best_effort()
+            replies = self._transact("torque", lambda: self.bus.sync_read(self.ids, address, 1))
+            names = zip(self._spec.joint_names, self.ids, strict=True)
+            on = [n for n, i in names if replies[i].data[0]]
+            if not on:
+                return
+        raise BusError(f"torque still on after torque-off: {on}")
+
+    def _refuse_if_servo_errors(self) -> None:
+        """Reads each servo's error state now (not the recorded history) and refuses torque-on,
+        for every servo, if any reports a hardware error."""
+        fam = self.family
+        address = fam.hardware_error_address
+        # Feetech: the error byte of any reply is the live condition; Dynamixel: the register.
+        read_at = address if address is not None else fam.torque_address
+        replies = self._transact("error check", lambda: self.bus.sync_read(self.ids, read_at, 1))
+        problems = []
+        for name, servo_id in zip(self._spec.joint_names, self.ids, strict=True):
+            reply = replies[servo_id]
+            if address is not None:
+                value = reply.data[0]
+                errors = fam.hardware_error_names(value) or ([f"0x{value:02x}"] if value else [])
+                self._errors[name] |= {f"hw:{e}" for e in errors}
+            else:
+                errors = fam.error_names(reply.error)
+                self._note_errors(servo_id, reply.error)
+            if errors:
+                problems.append(f"{name} (servo {servo_id}) reports {', '.join(errors)}")
+        if problems:
+            raise TorqueRefused(
+                f"torque on refused, torque stays off: {'; '.join(problems)}"
+                + (" (a Dynamixel keeps it until rebooted: clear_errors())" if address else "")
+            )
 
     def _connect(self) -> None:
         for servo_id in self.ids:
@@ -333,7 +361,6 @@ class ServoBusArm:
                             i, self.family.watchdog_address, bytes([v])
                         ),
                     )
-        self._hold_present()
 
     def _hold_present(self) -> None:
         replies, _, _ = self._transact("read", self._sync_read_state)
@@ -386,6 +413,7 @@ class ServoBusArm:
                 last = exc
             except OSError as exc:
                 self._counts["io_errors"] += 1
+                self._link_failed = True
                 last = exc
             else:
                 self._consecutive = 0
@@ -414,6 +442,7 @@ class ServoBusArm:
             self.bus.sync_write(self.family.torque_address, 1, dict.fromkeys(self.ids, b"\x00"))
         except OSError:
             self._counts["io_errors"] += 1
+            self._link_failed = True
         self._torque = False
 
     def _refuse_if_faulted(self, what: str) -> None:

@@ -149,6 +149,9 @@ class XSeries:
     model_number: int
     current_unit_a: float  # A per Present Current unit
     torque_per_amp: float  # N·m/A, from the datasheet stall torque / stall current (approximate)
+    # rad/s, the datasheet's no-load speed at its nominal voltage: the joint velocity limit a
+    # robot config gets by default (apprentice.drivers.factory)
+    no_load_speed: float
 
     protocol = "dynamixel"
     bus_class = DynamixelBus
@@ -190,5 +193,11 @@ class XSeries:
         return [name for bit, name in HARDWARE_ERRORS.items() if value & bit]
 
 
-XL330_M288 = XSeries("XL330-M288", 1200, current_unit_a=0.001, torque_per_amp=0.52 / 1.47)
-XM430_W350 = XSeries("XM430-W350", 1020, current_unit_a=0.00269, torque_per_amp=4.1 / 2.3)
+RPM = 2.0 * math.pi / 60.0  # rad/s per rev/min
+
+XL330_M288 = XSeries(
+    "XL330-M288", 1200, current_unit_a=0.001, torque_per_amp=0.52 / 1.47, no_load_speed=103 * RPM
+)
+XM430_W350 = XSeries(
+    "XM430-W350", 1020, current_unit_a=0.00269, torque_per_amp=4.1 / 2.3, no_load_speed=46 * RPM
+)

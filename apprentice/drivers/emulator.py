@@ -4,9 +4,11 @@ Run it in its own process (in-process emulator threads fight the host for the GI
 
     python -m apprentice.drivers.emulator --protocol dynamixel --ids 1,2,3
 
-It prints one JSON line, {"port": "/dev/pts/N", "control": TCP_PORT}, then serves until its
-stdin closes (so it dies with its parent) or it gets SIGTERM. `EmulatorProcess` does all that
-from Python. The control port (127.0.0.1) takes one JSON object per line and answers one:
+It prints one JSON line, {"port": PATH, "control": TCP_PORT}, then serves until its stdin
+closes (so it dies with its parent) or it gets SIGTERM. PATH is a stable name (a symlink in a
+temporary folder, as udev gives a USB adapter) for the pty it serves on. `EmulatorProcess`
+does all that from Python. The control port (127.0.0.1) takes one JSON object per line and
+answers one:
 
     {"cmd": "fault", "kind": "drop", "ids": [2], "count": 3}   kinds: drop, delay (delay_s),
         corrupt (bad checksum), split (reply in two writes, gap_s apart), wrong_id; optional
@@ -16,247 +18,41 @@ from Python. The control port (127.0.0.1) takes one JSON object per line and ans
     {"cmd": "error", "id": 2, "bits": ["overload"]}   hardware error bits (names as in
         dynamixel.HARDWARE_ERRORS / feetech.ERRORS); Dynamixel latches them until REBOOT
     {"cmd": "move", "id": 1, "ticks": 2500}   a hand moves a limp servo
-    {"cmd": "state"}   positions, goals, torque, watchdog, error bits, packet counts
+    {"cmd": "unplug"} / {"cmd": "replug"}   the USB adapter pulled out / put back: the pty is
+        closed (the host's open port fails: writes EIO, reads EOF) and PATH removed; replug
+        opens a new pty behind PATH. The servos keep power, torque and goals throughout.
+    {"cmd": "state"}   positions, goals, torque, watchdog, error bits, faults, packet counts
+Faults also take "instruction" (ping, read, write, sync_read: only replies to it) and "skip"
+(matching replies let through first).
 
-Model: a servo with torque on moves first-order toward its goal (time constant `tau_s`); with
-torque off it stays put. Replies are paced at the wire speed of the configured baud rate (10 bits
-a byte), counted from the end of the request, so timings resemble a real 1 Mbaud bus. Dynamixel's
-Bus Watchdog is modelled: with torque on and no packet for longer than its setting, the servo
-stops, the register reads 0xFF, and goal writes fail with a data range error until it is reset.
+Servo model: `emulated_servo`. Replies are paced at the wire speed of the configured baud rate
+(10 bits a byte), counted from the end of the request, so timings resemble a real 1 Mbaud bus.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import select
+import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import tty
-from dataclasses import dataclass, field
+from dataclasses import asdict
+from pathlib import Path
 
 from apprentice.drivers import dynamixel as dxl
 from apprentice.drivers import feetech as ft
 from apprentice.drivers.bus import PING, READ, SYNC_READ, SYNC_WRITE, WRITE
+from apprentice.drivers.emulated_servo import Fault, OffsetServo, Servo
 from apprentice.drivers.link import Frame
-
-FAULT_KINDS = ("drop", "delay", "corrupt", "split", "wrong_id")
-
-
-@dataclass
-class Fault:
-    kind: str
-    ids: list[int] | None = None  # None: every servo
-    count: int | None = None  # replies still to affect; None: until cleared
-    p: float = 1.0
-    delay_s: float = 0.02
-    gap_s: float = 0.002
-
-    def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault {self.kind!r}; one of {FAULT_KINDS}")
-
-    def hits(self, servo_id: int, rng: random.Random) -> bool:
-        if self.count is not None and self.count <= 0:
-            return False
-        if self.ids is not None and servo_id not in self.ids:
-            return False
-        if rng.random() >= self.p:
-            return False
-        if self.count is not None:
-            self.count -= 1
-        return True
-
-
-@dataclass
-class Servo:
-    servo_id: int
-    protocol: str
-    tau_s: float
-    position: float = 2048.0  # ticks
-    goal: float = 2048.0  # ticks
-    velocity: float = 0.0  # ticks/s
-    torque: bool = False
-    error_bits: int = 0  # Dynamixel: Hardware Error Status; Feetech: status error byte
-    watchdog: int = 0  # Dynamixel Bus Watchdog register
-    vanished: bool = False
-    last_packet: float = field(default_factory=time.monotonic)
-    last_update: float = field(default_factory=time.monotonic)
-    mem: bytearray = field(default_factory=lambda: bytearray(256))
-
-    def __post_init__(self) -> None:
-        if self.protocol == "dynamixel":
-            struct.pack_into("<H", self.mem, dxl.MODEL_NUMBER, dxl.XL330_M288.model_number)
-            self.mem[dxl.ID] = self.servo_id
-        else:
-            struct.pack_into("<H", self.mem, ft.MODEL_NUMBER, ft.STS3215_MODEL)
-            self.mem[ft.ID] = self.servo_id
-            self.mem[ft.PRESENT_VOLTAGE] = 120  # 12.0 V
-            self.mem[ft.PRESENT_TEMPERATURE] = 30  # °C
-
-    def advance(self, now: float) -> None:
-        dt = max(0.0, now - self.last_update)
-        self.last_update = now
-        if self.torque:
-            self.position += (self.goal - self.position) * (1.0 - math.exp(-dt / self.tau_s))
-            self.velocity = (self.goal - self.position) / self.tau_s
-        else:
-            self.velocity = 0.0
-
-    def check_watchdog(self, now: float) -> None:
-        """Dynamixel Bus Watchdog: silence longer than the setting stops a torqued servo."""
-        if self.watchdog in (0, dxl.WATCHDOG_FIRED) or not self.torque:
-            return
-        if now - self.last_packet > self.watchdog * dxl.WATCHDOG_UNIT_S:
-            self.advance(now)
-            self.watchdog = dxl.WATCHDOG_FIRED
-            self.goal = self.position  # stop where it is
-
-    def refresh(self) -> None:
-        """Present values into the register map before a read."""
-        pos, vel = round(self.position), round(self.velocity)
-        load = max(-1000, min(1000, round((self.goal - self.position) * 2.0))) if self.torque else 0
-        if self.protocol == "dynamixel":
-            # Present Current in the XL330's 1 mA units, proportional to the tracking error;
-            # Present Velocity in 0.229 rev/min units.
-            vel_units = round(self.velocity * 60.0 / dxl.TICKS_PER_REV / 0.229)
-            struct.pack_into("<hii", self.mem, dxl.PRESENT_CURRENT, load, vel_units, pos)
-            struct.pack_into("<i", self.mem, dxl.GOAL_POSITION, round(self.goal))
-            self.mem[dxl.TORQUE_ENABLE] = int(self.torque)
-            self.mem[dxl.HARDWARE_ERROR_STATUS] = self.error_bits
-            self.mem[dxl.BUS_WATCHDOG] = self.watchdog
-        else:
-            struct.pack_into(
-                "<HHH",
-                self.mem,
-                ft.PRESENT_POSITION,
-                ft.to_sign_magnitude(pos, 15),
-                ft.to_sign_magnitude(vel, 15),
-                ft.to_sign_magnitude(load, 10),
-            )
-            struct.pack_into(
-                "<H", self.mem, ft.GOAL_POSITION, ft.to_sign_magnitude(round(self.goal), 15)
-            )
-            self.mem[ft.TORQUE_ENABLE] = int(self.torque)
-
-    def status_error(self, result: int = 0) -> int:
-        if self.protocol == "dynamixel":
-            return (dxl.ALERT if self.error_bits else 0) | result
-        return self.error_bits
-
-    def write(self, address: int, data: bytes) -> int:
-        """Applies a register write; returns a Dynamixel result code (0 = fine)."""
-        if self.protocol == "dynamixel":
-            return self._write_dynamixel(address, data)
-        for i, b in enumerate(data):
-            self.mem[address + i] = b
-        if address <= ft.TORQUE_ENABLE < address + len(data):
-            self.torque = bool(self.mem[ft.TORQUE_ENABLE]) and not self._protecting()
-            self.goal = self.position
-        if address <= ft.GOAL_POSITION and ft.GOAL_POSITION + 2 <= address + len(data):
-            raw = self.mem[ft.GOAL_POSITION] | self.mem[ft.GOAL_POSITION + 1] << 8
-            self.goal = float(ft.sign_magnitude(raw, 15))
-        return 0
-
-    def _protecting(self) -> bool:
-        return bool(self.error_bits & 0x24)  # overload / overheating unload the STS3215
-
-    def _write_dynamixel(self, address: int, data: bytes) -> int:
-        end = address + len(data)
-        if address <= dxl.GOAL_POSITION and dxl.GOAL_POSITION + 4 <= end:
-            if self.watchdog == dxl.WATCHDOG_FIRED:
-                return 4  # data range error: goals are frozen until the watchdog is reset
-            at = dxl.GOAL_POSITION - address
-            self.goal = float(struct.unpack_from("<i", data, at)[0])
-        if address <= dxl.BUS_WATCHDOG < end:
-            value = data[dxl.BUS_WATCHDOG - address]
-            if self.watchdog == dxl.WATCHDOG_FIRED and value != 0:
-                return 4  # must be cleared with 0 first
-            self.watchdog = value
-        if address <= dxl.TORQUE_ENABLE < end:
-            on = bool(data[dxl.TORQUE_ENABLE - address])
-            if on and self.error_bits:
-                return 1  # result fail: a latched hardware error keeps torque off
-            if on and not self.torque:
-                self.goal = self.position  # X-series: goal follows present at torque-on
-            self.torque = on
-        return 0
-
-    def set_error(self, bits: int) -> None:
-        self.error_bits = bits
-        if self.protocol == "dynamixel":
-            if bits & ~0x01:  # default Shutdown: anything but input voltage turns torque off
-                self.torque = False
-        elif self._protecting():
-            self.torque = False
-
-    def reboot(self) -> None:
-        self.error_bits = 0
-        self.torque = False
-        self.watchdog = 0
-
-
-DXL_HOMING_OFFSET = 20
-FT_OFS = 31
-FT_LOCK = 55
-
-
-class OffsetServo(Servo):
-    """A servo with the offset registers arm calibration writes (from the datasheets):
-    - Dynamixel X: Homing Offset (addr 20, 4 bytes signed), Present = actual + offset; EEPROM
-      (addr < 64) writable only with torque off (else Access Error).
-    - Feetech STS3215: Ofs (addr 31, 2 bytes, sign-magnitude, sign in bit 11), Present =
-      actual − Ofs; EEPROM (addr < 40) takes writes only while Lock (addr 55) is 0; shipped
-      locked.
-    - both: encoders read one turn, so reported ticks wrap at 0/4095; goals are in the same
-      offset frame, and the servo moves to them without crossing that frame's seam.
-    """
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.protocol == "feetech":
-            self.mem[FT_LOCK] = 1
-
-    def offset(self) -> int:
-        if self.protocol == "dynamixel":
-            return struct.unpack_from("<i", self.mem, DXL_HOMING_OFFSET)[0]
-        raw = self.mem[FT_OFS] | self.mem[FT_OFS + 1] << 8
-        return -(raw & 0x7FF) if raw & 0x800 else raw & 0x7FF
-
-    def reported(self, actual: float) -> float:
-        shift = self.offset() if self.protocol == "dynamixel" else -self.offset()
-        return (actual + shift) % 4096
-
-    def refresh(self) -> None:
-        actual = (self.position, self.goal)
-        self.position, self.goal = self.reported(self.position), self.reported(self.goal)
-        try:
-            super().refresh()
-        finally:
-            self.position, self.goal = actual
-
-    def write(self, address: int, data: bytes) -> int:
-        dynamixel = self.protocol == "dynamixel"
-        if address < (64 if dynamixel else 40):  # EEPROM
-            if dynamixel:
-                if self.torque:
-                    return 7  # access error
-                self.mem[address : address + len(data)] = data
-                return 0
-            if self.mem[FT_LOCK]:
-                return 0  # locked: not taken
-        goal_at, goal_len = (116, 4) if dynamixel else (42, 2)
-        result = super().write(address, data)
-        if result == 0 and address <= goal_at and goal_at + goal_len <= address + len(data):
-            # The goal came in the offset frame: the same distance from here in actual ticks.
-            self.goal = self.position + (self.goal - self.reported(self.position))
-        return result
 
 
 class Emulator:
@@ -279,15 +75,44 @@ class Emulator:
         self.faults: list[Fault] = []
         self.rng = random.Random(seed)
         self.stats = {"packets": 0, "bad_checksum": 0, "replies": 0, "dropped": 0}
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.master)
-        self.port = os.ttyname(self.slave)
+        self._folder = Path(tempfile.mkdtemp(prefix="servo-bus-"))
+        self.port = str(self._folder / "ttyUSB")  # stable across unplug/replug, like udev's
+        self.master: int | None = None
+        self.slave: int | None = None
         self._buf = bytearray()
+        self.replug()
+
+    # --- the adapter ---------------------------------------------------------------------
+    def unplug(self) -> None:
+        """Both pty ends closed: the host's open port sees a hang-up; its name goes away."""
+        if self.master is None:
+            return
+        Path(self.port).unlink(missing_ok=True)
+        os.close(self.master)
+        assert self.slave is not None
+        os.close(self.slave)
+        self.master = self.slave = None
+        self._buf.clear()
+
+    def replug(self) -> None:
+        """A fresh pty behind the same name (the symlink is swapped atomically)."""
+        if self.master is not None:
+            return
+        self.master, self.slave = os.openpty()  # slave kept open: the pty lives between hosts
+        tty.setraw(self.master)
+        tmp = self._folder / "ttyUSB.new"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.ttyname(self.slave))
+        os.replace(tmp, self.port)
+
+    def remove(self) -> None:
+        self.unplug()
+        shutil.rmtree(self._folder, ignore_errors=True)
 
     # --- faults and control --------------------------------------------------------------
-    def _active(self, kind: str, servo_id: int) -> Fault | None:
+    def _active(self, kind: str, servo_id: int, instruction: int) -> Fault | None:
         for fault in self.faults:
-            if fault.kind == kind and fault.hits(servo_id, self.rng):
+            if fault.kind == kind and fault.hits(servo_id, instruction, self.rng):
                 return fault
         return None
 
@@ -312,9 +137,19 @@ class Emulator:
             servo.position = float(msg["ticks"])
             if not servo.torque:
                 servo.goal = servo.position
+        elif cmd == "unplug":
+            self.unplug()
+        elif cmd == "replug":
+            self.replug()
         elif cmd != "state":
             return {"ok": False, "error": f"unknown command {cmd!r}"}
-        return {"ok": True, "servos": self._state(now), "stats": self.stats}
+        return {
+            "ok": True,
+            "servos": self._state(now),
+            "stats": self.stats,
+            "faults": [asdict(f) for f in self.faults],
+            "plugged": self.master is not None,
+        }
 
     def _state(self, now: float) -> dict:
         out = {}
@@ -344,7 +179,7 @@ class Emulator:
             if not frame.checksum_ok:
                 self.stats["bad_checksum"] += 1  # real servos ignore a corrupted instruction
                 continue
-            self._send(self._answer(frame), request_end)
+            self._send(self._answer(frame), request_end, frame.code)
 
     def _answer(self, frame: Frame) -> list[tuple[int, bytes]]:
         """(servo id, status params incl. error byte for Dynamixel) for each reply due."""
@@ -403,25 +238,25 @@ class Emulator:
             replies.append((s.servo_id, s.status_error(2 if wide else 0), b""))
         return [(i, bytes([err]) + data) for i, err, data in replies]
 
-    def _send(self, replies: list[tuple[int, bytes]], start: float) -> None:
+    def _send(self, replies: list[tuple[int, bytes]], start: float, instruction: int) -> None:
         t = start
         for servo_id, payload in replies:
             wire_id = servo_id
-            if self._active("drop", servo_id):
+            if self._active("drop", servo_id, instruction):
                 self.stats["dropped"] += 1
                 continue
-            if self._active("wrong_id", servo_id) is not None:
+            if self._active("wrong_id", servo_id, instruction) is not None:
                 wire_id = (servo_id + 100) % 253  # an id nobody asked
             if self.protocol == "dynamixel":
                 packet = bytearray(dxl.encode(wire_id, dxl.STATUS, payload))
             else:
                 packet = bytearray(ft.encode(wire_id, payload[0], payload[1:]))
-            if self._active("corrupt", servo_id):
+            if self._active("corrupt", servo_id, instruction):
                 packet[-1] ^= 0x5A
-            if (f := self._active("delay", servo_id)) is not None:
+            if (f := self._active("delay", servo_id, instruction)) is not None:
                 t += f.delay_s
             t += len(packet) * self.byte_s
-            split = self._active("split", servo_id)
+            split = self._active("split", servo_id, instruction)
             if split is not None:
                 half = len(packet) // 2
                 self._write_at(bytes(packet[:half]), t - (len(packet) - half) * self.byte_s)
@@ -436,6 +271,7 @@ class Emulator:
         wait = when - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+        assert self.master is not None  # replies are sent while serving a packet off the pty
         os.write(self.master, data)
 
     # --- process -------------------------------------------------------------------------
@@ -447,11 +283,13 @@ class Emulator:
         print(json.dumps({"port": self.port, "control": server.getsockname()[1]}), flush=True)
         clients: dict[socket.socket, bytearray] = {}
         while True:
-            watch = [self.master, server, *clients] + ([stop_fd] if stop_fd is not None else [])
+            watch = [server, *clients] + ([stop_fd] if stop_fd is not None else [])
+            if self.master is not None:
+                watch.append(self.master)
             ready = select.select(watch, [], [], 0.01)[0]
             if stop_fd is not None and stop_fd in ready and not os.read(stop_fd, 4096):
                 return
-            if self.master in ready:
+            if self.master is not None and self.master in ready:
                 self.feed(os.read(self.master, 4096))
             if server in ready:
                 conn, _ = server.accept()
@@ -478,8 +316,8 @@ class Emulator:
 
 
 class EmulatorProcess:
-    """Starts the emulator in a child process; `port` is the tty to open, `control()` talks to
-    its control channel. Use as a context manager."""
+    """Starts the emulator in a child process; `port` is the path to open (stable across
+    unplug/replug), `control()` talks to its control channel. Use as a context manager."""
 
     def __init__(
         self,
@@ -568,10 +406,13 @@ def main(argv: list[str] | None = None) -> None:
         emulator.control({"cmd": "fault", **json.loads(spec)})
     # Started by EmulatorProcess, our stdin is the parent's pipe: EOF means the parent left.
     stop_fd = sys.stdin.fileno() if args.exit_on_stdin_eof else None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the port's folder goes too
     try:
         emulator.serve(stop_fd)
     except KeyboardInterrupt:
         pass
+    finally:
+        emulator.remove()
 
 
 if __name__ == "__main__":

@@ -25,28 +25,29 @@ import numpy as np
 import yaml
 
 from apprentice.drivers import dynamixel as dxl
-from apprentice.drivers.bus_arm import ServoFamily
 from apprentice.drivers.feetech import STS3215
+from apprentice.drivers.joints import RAD_PER_TICK, JointCalibration, ServoFamily
+from apprentice.resources import ROBOTS_DIR  # launch/robots, in a checkout or a wheel
 from apprentice.robot_io import Arm, ArmSpec
 
 log = logging.getLogger(__name__)
 
-ROBOTS_DIR = Path(__file__).resolve().parents[2] / "launch" / "robots"
-
 # Servo models by the name robot configs use. X-series share one control table; they differ in
 # model number and in the unit of register 126 (Present Current, or Present Load on the XL430,
-# given here as 0.1 % of stall torque: unit 0.001, "N·m per amp" = stall torque). Stall figures
-# are datasheet values at the usual supply voltage (approximate).
+# given here as 0.1 % of stall torque: unit 0.001, "N·m per amp" = stall torque). Stall and
+# no-load speed figures are datasheet values at the usual supply voltage (approximate).
 MODELS: dict[str, ServoFamily] = {
     "STS3215": STS3215(),
     "XL330-M077": dxl.XSeries(
-        "XL330-M077", 1190, current_unit_a=0.001, torque_per_amp=0.228 / 1.47
+        "XL330-M077", 1190, 0.001, torque_per_amp=0.228 / 1.47, no_load_speed=383 * dxl.RPM
     ),
     "XL330-M288": dxl.XL330_M288,
-    "XL430-W250": dxl.XSeries("XL430-W250", 1060, current_unit_a=0.001, torque_per_amp=1.5),
+    "XL430-W250": dxl.XSeries(
+        "XL430-W250", 1060, 0.001, torque_per_amp=1.5, no_load_speed=57 * dxl.RPM
+    ),
     "XM430-W350": dxl.XM430_W350,
     "XM540-W270": dxl.XSeries(
-        "XM540-W270", 1120, current_unit_a=0.00269, torque_per_amp=10.6 / 4.4
+        "XM540-W270", 1120, 0.00269, torque_per_amp=10.6 / 4.4, no_load_speed=39 * dxl.RPM
     ),
 }
 
@@ -62,6 +63,7 @@ class JointConfig:
     upper: float
     reference: float = 0.0  # joint value at the arm's reference pose
     gripper: tuple[float, float] | None = None  # (closed, open): the calibrated range maps here
+    max_velocity: float | None = None  # joint units/s; None: the servo's no-load speed
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -76,10 +78,20 @@ class JointConfig:
             object.__setattr__(self, "upper", max(closed, opened))
         if not self.lower < self.upper:
             raise ValueError(f"joint {self.name}: lower {self.lower} not below upper {self.upper}")
+        if self.max_velocity is not None and not 0.0 < self.max_velocity < math.inf:
+            raise ValueError(f"joint {self.name}: max_velocity {self.max_velocity} not positive")
 
     @property
     def family(self) -> ServoFamily:
         return MODELS[self.model]
+
+    def velocity_limit(self, calibration: JointCalibration) -> float:
+        """The arm driver's velocity limit, joint units/s: the config's `max_velocity`, else the
+        servo's no-load speed (no command is slowed that the servo could follow), through the
+        calibration's ticks-to-units map (a linear gripper's units/s)."""
+        if self.max_velocity is not None:
+            return self.max_velocity
+        return self.family.no_load_speed / RAD_PER_TICK * abs(calibration.units_per_tick)
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,7 @@ def load_robot(name_or_path: str | os.PathLike[str]) -> dict[str, ArmConfig]:
                         if "gripper" in j
                         else None
                     ),
+                    max_velocity=float(j["max_velocity"]) if "max_velocity" in j else None,
                 )
                 for j in a["joints"]
             )
@@ -183,6 +196,7 @@ class BuiltArm:
 
     arm: Arm
     close: Callable[[], None]  # releases the backend (torque off on hardware)
+    max_velocity: np.ndarray  # (J,) joint units/s: the arm driver's default velocity limits
     diagnostics: Callable[[], dict[str, Any]] = field(default=dict)  # merged into node stats
     rearm: Callable[[], None] | None = None  # leaves a safe state; None: the backend has none
 
@@ -208,9 +222,13 @@ def _build_servo_bus(config: Mapping[str, Any]) -> BuiltArm:
     baudrate = int(config.get("baudrate") or cfg.baudrate)
     cal = ArmCalibration.load(config["calibration_file"])
     verify_servos(port, baudrate, cfg, cal)  # raises CalibrationMismatch, listing every problem
-    arm = ServoBusArm(
-        port, cfg.family, cal.arm_spec(cfg), cal.joint_calibrations(), baudrate=baudrate
-    )
+    bus: dict[str, Any] = {}  # absent: ServoBusArm's defaults
+    if "bus_timeout" in config:
+        bus["timeout_s"] = float(config["bus_timeout"])
+    if "bus_retries" in config:
+        bus["retries"] = int(config["bus_retries"])
+    joints = cal.joint_calibrations()
+    arm = ServoBusArm(port, cfg.family, cal.arm_spec(cfg), joints, baudrate=baudrate, **bus)
     try:
         if cfg.torque_on_start:
             arm.set_torque(True)
@@ -221,7 +239,16 @@ def _build_servo_bus(config: Mapping[str, Any]) -> BuiltArm:
     def diagnostics() -> dict[str, Any]:
         return {"bus": arm.counters, "servo_errors": arm.servo_errors, "safe_state": arm.faulted}
 
-    return BuiltArm(arm, arm.close, diagnostics, arm.rearm)
+    limits = np.array([j.velocity_limit(c) for j, c in zip(cfg.joints, joints, strict=True)])
+    return BuiltArm(arm, arm.close, limits, diagnostics, arm.rearm)
+
+
+# The simulated arms' velocity limit, rad/s (m/s for ALOHA's gripper): twice teleop's step limit
+# (0.1 rad per 50 Hz tick = 5 rad/s), so recorded and scripted demonstrations (≤ 3 rad/s
+# planned) and policies (their safety layer: ≤ 3 rad/s) pass untouched, a command that
+# arrives early on a busy host included; a jump is spread over ≥ 0.5 rad steps instead of
+# arriving at 70 rad/s.
+SIM_MAX_VELOCITY = 10.0
 
 
 def _build_mujoco(config: Mapping[str, Any]) -> BuiltArm:
@@ -230,7 +257,7 @@ def _build_mujoco(config: Mapping[str, Any]) -> BuiltArm:
     world = MujocoWorld(config.get("scene", "so100_lift"), seed=int(config.get("seed", 0)))
     arm = world.arm(config["arm"])
     world.start()
-    return BuiltArm(arm, world.stop)
+    return BuiltArm(arm, world.stop, np.full(arm.spec.n_joints, SIM_MAX_VELOCITY))
 
 
 BACKENDS: dict[str, Callable[[Mapping[str, Any]], BuiltArm]] = {
@@ -243,7 +270,8 @@ BACKENDS: dict[str, Callable[[Mapping[str, Any]], BuiltArm]] = {
 def build_arm(config: Mapping[str, Any]) -> BuiltArm:
     """config: "backend" (a key of BACKENDS), "arm", and the backend's own keys: for servo
     buses "robot", "calibration_file", optional "port" / "baudrate" (default: the robot
-    config's); for mujoco "scene", "seed"."""
+    config's), "bus_timeout" (s) / "bus_retries" (default: ServoBusArm's); for mujoco "scene",
+    "seed"."""
     backend = config.get("backend")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

@@ -113,6 +113,9 @@ class STS3215:
     model_number: int = STS3215_MODEL
     # N·m at 100 % load: ~30 kg·cm for the 12 V version, ~19.5 kg·cm for the 7.4 V one (approx.).
     max_torque_nm: float = 2.94
+    # rad/s without load: 0.222 s per 60° (datasheet, both voltages); the default joint velocity
+    # limit of a robot config (apprentice.drivers.factory)
+    no_load_speed: float = math.pi / 3 / 0.222
 
     protocol: ClassVar[str] = "feetech"
     bus_class: ClassVar[type[ServoBus]] = FeetechBus

@@ -13,6 +13,7 @@ Why our own protocol code instead of `dynamixel-sdk` / `feetech-servo-sdk`:
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import time
@@ -76,19 +77,27 @@ class SerialLink:
             ready = select.select([self._fd], [], [], remaining)[0]
         if not ready:
             return b""
-        try:
-            return os.read(self._fd, 4096)
-        except BlockingIOError:
-            return b""
+        return self._read_ready()
 
     def flush_input(self) -> int:
         dropped = 0
         while select.select([self._fd], [], [], 0)[0]:
-            chunk = os.read(self._fd, 4096)
+            chunk = self._read_ready()
             if not chunk:
                 break
             dropped += len(chunk)
         return dropped
+
+    def _read_ready(self) -> bytes:
+        """Reads a port select() called ready. Ready but empty is a hang-up (adapter unplugged,
+        as pyserial reads it too): an OSError, not a quiet line."""
+        try:
+            chunk = os.read(self._fd, 4096)
+        except BlockingIOError:
+            return b""
+        if not chunk:
+            raise OSError(errno.EIO, f"{self.port}: the device hung up (unplugged?)")
+        return chunk
 
     def close(self) -> None:
         self._serial.close()

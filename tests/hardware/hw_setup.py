@@ -11,6 +11,7 @@ from apprentice.drivers.factory import ArmConfig, arm_config
 
 IDS = [1, 2, 3, 4, 5, 6]
 JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
+SHOULDER_PAN_MAX_VELOCITY = 3.0  # rad/s, set in the robot config
 
 
 def robot_file(folder: Path, protocol: str) -> Path:
@@ -21,6 +22,7 @@ def robot_file(folder: Path, protocol: str) -> Path:
         {"name": name, "id": i, "model": model, "lower": -2.0, "upper": 2.0}
         for name, i in zip(JOINTS[:-1], IDS, strict=False)
     ]
+    joints[0]["max_velocity"] = SHOULDER_PAN_MAX_VELOCITY  # the others: the model's default
     joints.append({"name": "gripper", "id": 6, "model": model, "gripper": {"closed": 0, "open": 1}})
     doc = {
         "name": f"emulated_{protocol}",

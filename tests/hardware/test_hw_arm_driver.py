@@ -3,6 +3,8 @@
 One emulator and one `python -m apprentice_ros.arm_driver` process per protocol; rates are
 measured by the independent probe process, goals read back through the emulator's control
 socket, services called from an rclpy node in this process (isolated domain: tests/conftest.py).
+The drivers run with bus_timeout 0.05 s and bus_retries 3 (not the defaults, 0.01 s and 2), so
+that the parameters' effect can be seen; the module's tests run in order on the same processes.
 """
 
 from __future__ import annotations
@@ -18,16 +20,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from hw_setup import IDS, emulated_arm
+from hw_setup import IDS, JOINTS, SHOULDER_PAN_MAX_VELOCITY, emulated_arm
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
+from apprentice.arm_driver import MAX_STEP_TIME
 from apprentice.calibration.arm import ArmCalibration, compute_calibration
 from apprentice.drivers.emulator import EmulatorProcess
 from apprentice.drivers.factory import arm_config
+from apprentice.drivers.joints import RAD_PER_TICK
 
 pytestmark = [pytest.mark.ros]
+
+BUS_TIMEOUT = 0.05  # s
+BUS_RETRIES = 3
 
 
 def driver_cmd(**params: object) -> list[str]:
@@ -55,6 +62,7 @@ class Driver:
         self.arm = f"{protocol}_follower"
         self.node = node
         robot, cal_file = emulated_arm(folder, protocol)
+        self.robot = robot
         self.cal = ArmCalibration.load(cal_file)
         self.emu = EmulatorProcess(protocol, IDS, tau_s=0.01)
         self.log = folder / f"{protocol}_driver.log"
@@ -66,6 +74,8 @@ class Driver:
                 port=self.emu.port,
                 calibration_file=cal_file,
                 joint_state_rate=250.0,
+                bus_timeout=BUS_TIMEOUT,
+                bus_retries=BUS_RETRIES,
             ),
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -90,6 +100,23 @@ class Driver:
 
     def command(self, q: np.ndarray) -> None:
         self.pub.publish(Float64MultiArray(data=[float(v) for v in q]))
+
+    def drive(self, q: np.ndarray, timeout_s: float = 5.0) -> None:
+        """Commands q at 50 Hz until the goals are q's: a velocity-limited driver ramps there."""
+        expected = self.expected_goals(q)
+        deadline = time.monotonic() + timeout_s
+        while self.goals() != expected:
+            assert time.monotonic() < deadline, f"goals {self.goals()}, not {expected}"
+            self.command(q)
+            time.sleep(0.02)
+
+    def positions(self) -> np.ndarray:
+        """The joint values the goal registers hold."""
+        cals = self.cal.joint_calibrations()
+        return np.array([c.to_joint(t) for c, t in zip(cals, self.goals(), strict=True)])
+
+    def set_torque(self, on: bool) -> SetBool.Response:
+        return self.call("set_torque", SetBool.Request(data=on))
 
     def goals(self) -> list[int]:
         servos = self.emu.state()["servos"]
@@ -153,8 +180,7 @@ def test_commands_reach_the_servos(driver: Driver) -> None:
     target = np.array([0.3, -0.2, 0.25, -0.1, 0.4, 0.6])
     expected = driver.expected_goals(target)
     assert expected != driver.goals()
-    driver.command(target)
-    wait_for(lambda: driver.goals() == expected, 3.0, f"goals {expected}")
+    driver.drive(target)
     assert driver.stats()["accepted"] >= 1
 
 
@@ -172,9 +198,7 @@ def test_transient_faults_are_retried_counted_and_survived(driver: Driver) -> No
     stats = driver.stats()
     assert stats["safe_state"] is None and driver.proc.poll() is None
     assert all(driver.torques())
-    target = np.array([-0.3, 0.2, -0.25, 0.1, -0.4, 0.2])
-    driver.command(target)
-    wait_for(lambda: driver.goals() == driver.expected_goals(target), 3.0, "goals after faults")
+    driver.drive(np.array([-0.3, 0.2, -0.25, 0.1, -0.4, 0.2]))
 
 
 def test_persistent_loss_safe_state_no_self_rearm_then_rearm(driver: Driver) -> None:
@@ -204,10 +228,103 @@ def test_persistent_loss_safe_state_no_self_rearm_then_rearm(driver: Driver) -> 
     assert driver.stats()["safe_state"] is None and not any(driver.torques(skip=3))
     assert driver.call("set_torque", SetBool.Request(data=True)).success
     assert all(driver.torques())
-    target = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.5])
-    driver.command(target)
-    wait_for(lambda: driver.goals() == driver.expected_goals(target), 3.0, "goals after rearm")
+    driver.drive(np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.5]))
     assert driver.proc.poll() is None
+
+
+def test_bus_timeout_and_retries_parameters_take_effect(driver: Driver) -> None:
+    def consumed() -> bool:
+        return all(f["count"] == 0 for f in driver.emu.state()["faults"])
+
+    before = driver.stats()["bus"]
+    # Replies 20 ms late: timeouts under the default 10 ms, answers under bus_timeout 50 ms.
+    driver.emu.control("fault", kind="delay", ids=[2], count=20, delay_s=0.02)
+    wait_for(consumed, 5.0, "the delayed replies")
+    mid = driver.stats()["bus"]
+    assert mid["timeouts"] == before["timeouts"], (before, mid)
+    # Three replies lost in a row: with 2 retries the transaction fails, with 3 it succeeds.
+    driver.emu.control("clear_faults")
+    driver.emu.control("fault", kind="drop", ids=[2], count=3)
+    wait_for(
+        lambda: driver.stats()["bus"]["timeouts"] >= mid["timeouts"] + 3, 5.0, "three timeouts"
+    )
+    time.sleep(0.2)  # the fourth attempt's answer
+    after = driver.stats()["bus"]
+    assert after["timeouts"] == mid["timeouts"] + 3, (mid, after)
+    assert after["retries"] >= mid["retries"] + 3
+    assert after["failed_transactions"] == mid["failed_transactions"], (mid, after)
+    driver.emu.control("clear_faults")
+
+
+def test_unplug_replug_rearm_keeps_torque_off_until_set_torque(driver: Driver) -> None:
+    assert all(driver.torques())
+    held = driver.goals()
+    t0 = time.monotonic()
+    driver.emu.control("unplug")  # the USB adapter pulled; the servos keep power
+    wait_for(lambda: driver.stats()["safe_state"], 3.0, "the safe state")
+    time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))
+    assert all(driver.torques()) and driver.goals() == held  # the torque-off went nowhere
+    driver.emu.control("replug")
+    wait_for(lambda: not any(driver.torques()), 3.0, "torque-off once the bus answers again")
+    stats = driver.stats()
+    assert stats["safe_state"] is not None and stats["bus"]["reopens"] >= 1, stats
+
+    answer = driver.call("rearm", Trigger.Request())
+    assert answer.success, answer.message
+    assert not any(driver.torques()) and driver.goals() == held
+    before = driver.stats()
+    moved = driver.positions()
+    moved[1] += 0.41  # the issue's move, sent before set_torque
+    driver.command(moved)
+    wait_for(
+        lambda: driver.stats()["command_errors"] > before["command_errors"], 3.0, "the refusal"
+    )
+    after = driver.stats()
+    assert after["bus"]["refused_writes"] == before["bus"]["refused_writes"] + 1
+    time.sleep(0.2)
+    assert driver.goals() == held and not any(driver.torques())
+
+    assert driver.set_torque(True).success
+    assert all(driver.torques())
+    driver.drive(moved)
+
+
+def test_overheating_servo_refuses_torque_with_a_clear_reply(driver: Driver) -> None:
+    assert driver.set_torque(False).success and not any(driver.torques())
+    driver.emu.control("error", id=4, bits=["overheating"])
+    answer = driver.set_torque(True)
+    assert not answer.success
+    assert f"{JOINTS[3]} (servo 4) reports overheating" in answer.message, answer.message
+    time.sleep(0.2)
+    assert not any(driver.torques())  # the healthy servos stayed off too
+    driver.emu.control("error", id=4, bits=[])  # cooled down (Dynamixel: as after a reboot)
+    answer = driver.set_torque(True)
+    assert answer.success, answer.message
+    assert all(driver.torques())
+
+
+def test_a_2_rad_command_moves_a_goal_register_one_step(driver: Driver) -> None:
+    stats = driver.stats()
+    limits = stats["max_velocity"]
+    assert limits[0] == SHOULDER_PAN_MAX_VELOCITY  # from the robot config
+    # The others: the model's no-load speed; the gripper's through its linear calibration.
+    speed = arm_config(driver.robot, driver.arm).joints[5].family.no_load_speed
+    gripper = driver.cal.joint_calibrations()[5]
+    assert limits[5] == pytest.approx(speed / RAD_PER_TICK * abs(gripper.units_per_tick))
+    start = driver.goals()
+    q0 = driver.positions()
+    target = q0.copy()
+    target[0] += -2.0 if q0[0] > 0 else 2.0
+    time.sleep(0.2)  # no command for longer than the step cap
+    driver.command(target)
+    wait_for(lambda: driver.stats()["accepted"] > stats["accepted"], 3.0, "the command")
+    one_step = q0.copy()
+    one_step[0] += np.sign(target[0] - q0[0]) * SHOULDER_PAN_MAX_VELOCITY * MAX_STEP_TIME
+    goals = driver.goals()
+    assert abs(goals[0] - driver.expected_goals(one_step)[0]) <= 1, (start, goals)
+    assert abs(goals[0] - start[0]) < 0.2 / RAD_PER_TICK  # not 2 rad: 0.15 rad
+    assert goals[1:] == start[1:]
+    assert driver.stats()["clamped"] == stats["clamped"] + 1
 
 
 def test_sigint_stops_cleanly_with_torque_off(driver: Driver) -> None:
@@ -271,3 +388,33 @@ def test_start_up_mismatch_is_a_clear_error_and_nonzero_exit(
     assert run.returncode != 0
     assert message in run.stderr, run.stderr
     assert "Traceback" not in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("protocol", ["feetech", "dynamixel"])
+def test_a_failure_in_the_first_read_is_one_line_and_a_nonzero_exit(tmp_path, protocol) -> None:
+    robot, cal = emulated_arm(tmp_path, protocol, "leader")
+    # Start-up reads the state in one sync read (ServoBusArm holds the present pose; the arm is
+    # a leader, no torque-on); the next is the driver core's first read: its replies are lost.
+    lost = {"kind": "drop", "ids": [6], "instruction": "sync_read", "skip": 1}
+    with EmulatorProcess(protocol, IDS, faults=[lost]) as emu:
+        run = subprocess.run(
+            driver_cmd(
+                backend=protocol,
+                robot=robot,
+                arm=f"{protocol}_leader",
+                port=emu.port,
+                calibration_file=cal,
+            ),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        packets = emu.state()["stats"]
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, run.stderr
+    assert errors[0].startswith(f"arm_driver {protocol}_leader: read failed after 3 attempts")
+    assert "missing ids [6]" in errors[0]
+    assert packets["dropped"] == 3  # the first read's three attempts, nothing before

@@ -142,6 +142,9 @@ def test_command_moves_joints_within_002_rad_in_1s(node) -> None:
     q0 = w.position()
     target = q0.copy()
     target[:6] += np.array([0.3, -0.2, 0.2, 0.3, -0.3, 0.4])
+    before = w.stats()
+    # The sim's velocity limit (10 rad/s) lets one command step 0.5 rad: this one goes whole.
+    assert before["max_velocity"] == [10.0] * len(q0)
     t0 = time.monotonic()
     w.pub.publish(Float64MultiArray(data=target.tolist()))
     err = np.inf
@@ -150,6 +153,7 @@ def test_command_moves_joints_within_002_rad_in_1s(node) -> None:
         if err < 0.02:
             break
     assert err < 0.02, f"max error {err:.4f} rad after {time.monotonic() - t0:.2f} s"
+    assert w.stats()["clamped"] == before["clamped"]
 
 
 def test_bad_commands_refused_counted_and_arm_holds(node) -> None:

@@ -6,22 +6,27 @@ Topics (relative: put the node in the arm's namespace, e.g. /left):
                                               position controller style)
   joint_commands  sensor_msgs/JointState      positions by joint name (others keep their target)
 Services:
-  stats           std_srvs/Trigger           JSON counters: accepted, rejected, last_rejection, ...
+  stats           std_srvs/Trigger           JSON counters: accepted, rejected, clamped, ...
   set_torque      std_srvs/SetBool           torque on (holding the present pose) or off
   rearm           std_srvs/Trigger           servo buses only: leave the safe state (torque
                                              stays off until set_torque)
 A rejected command (NaN/inf, wrong length, unknown joint, outside limits) is logged with its
-reason and counted; the arm keeps its last accepted target. A command or torque request the
-backend fails (bus fault, safe state) is counted in `command_errors`; the node stays up.
+reason and counted; the arm keeps its last accepted target. An accepted command moves each joint
+at most `max_velocity` × min(time since the last accepted command, 0.05 s) (apprentice.arm_driver;
+`clamped` counts those cut short). A command or torque request the backend fails (bus fault,
+safe state, goal write before set_torque after a rearm, torque-on refused for a servo error) is
+counted in `command_errors`; the node stays up. A failure while starting (config, calibration,
+bus, the first read) is one line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
@@ -50,9 +55,11 @@ class ArmDriverNode(Node):
         rate_hz: float = 100.0,
         diagnostics: Callable[[], dict[str, Any]] | None = None,
         rearm: Callable[[], None] | None = None,
+        *,
+        max_velocity: float | Sequence[float] | np.ndarray,
     ) -> None:
         super().__init__(name, namespace=namespace)
-        self.core = ArmDriver(arm)
+        self.core = ArmDriver(arm, max_velocity)
         self.rate_hz = rate_hz
         self._diagnostics = diagnostics
         self._rearm = rearm
@@ -163,13 +170,18 @@ DEFAULTS = {
     "baudrate": 0,  # servo buses: 0 = the robot config's
     "scene": "so100_lift",  # mujoco only
     "seed": 0,  # mujoco only
+    # Joint velocity limit, units/s: one value (every joint) or one per joint; [] = the
+    # backend's (robot config max_velocity, else the servo's no-load speed; MuJoCo: 10)
+    "max_velocity": [],
+    "bus_timeout": 0.01,  # servo buses: s to wait for a reply beyond its wire time
+    "bus_retries": 2,  # servo buses: attempts after the first before a transaction fails
 }
 
 
 def main(args: list[str] | None = None) -> None:
     init(args)
     boot = Node("arm_driver_params")
-    p = declare(boot, DEFAULTS)
+    p = declare(boot, DEFAULTS, dynamic=("max_velocity",))  # 3 or 3.0 or a list
     boot.destroy_node()
     try:
         built = factory.build_arm(p)
@@ -178,6 +190,7 @@ def main(args: list[str] | None = None) -> None:
         # no guess, a message and a non-zero exit.
         rclpy.shutdown()
         raise SystemExit(f"arm_driver {p['arm']}: {exc}") from None
+    override = p["max_velocity"]
     try:
         node = ArmDriverNode(
             built.arm,
@@ -186,7 +199,13 @@ def main(args: list[str] | None = None) -> None:
             p["joint_state_rate"],
             diagnostics=built.diagnostics,
             rearm=built.rearm,
+            max_velocity=built.max_velocity if override in ([], None) else override,
         )
+    except (ValueError, OSError, BusError) as exc:
+        # The first read failed, or a bad max_velocity: the same one line and exit.
+        built.close()
+        rclpy.shutdown()
+        raise SystemExit(f"arm_driver {p['arm']}: {exc}") from None
     except BaseException:
         built.close()
         raise

@@ -17,6 +17,7 @@ from rclpy.node import Node
 from std_msgs.msg import Bool, Int32
 from std_srvs.srv import Trigger
 
+from apprentice.drivers.factory import SIM_MAX_VELOCITY
 from apprentice.sim.world import MujocoWorld
 from apprentice_ros.arm_driver import ArmDriverNode
 from apprentice_ros.camera import CameraNode
@@ -28,6 +29,9 @@ DEFAULTS = {
     "seed": 0,
     "arms": ["all"],
     "joint_state_rate": 100.0,
+    # rad/s (m/s for ALOHA's gripper), every joint of every arm: the arm drivers' velocity
+    # limit (apprentice.drivers.factory.SIM_MAX_VELOCITY says why 10)
+    "max_velocity": SIM_MAX_VELOCITY,
     "cameras": ["top"],
     "camera_rate": 30.0,
     "image_width": 320,
@@ -98,7 +102,11 @@ def main(args: list[str] | None = None) -> None:
     for arm in arms:
         nodes.append(
             ArmDriverNode(
-                world.arm(arm), "arm_driver", namespace=arm, rate_hz=p["joint_state_rate"]
+                world.arm(arm),
+                "arm_driver",
+                namespace=arm,
+                rate_hz=p["joint_state_rate"],
+                max_velocity=p["max_velocity"],
             )
         )
     fovys = camera_fovys(p["cameras"], p["camera_fovy"], world.scene.cameras)
