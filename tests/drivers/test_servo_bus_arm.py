@@ -31,17 +31,6 @@ def make_arm(emu: EmulatorProcess, protocol: str, **kwargs: object) -> ServoBusA
     return ServoBusArm(emu.port, FAMILIES[protocol], make_spec(len(IDS)), joints, **kwargs)
 
 
-@pytest.fixture(params=["dynamixel", "feetech"])
-def protocol(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def emu(protocol: str) -> Iterator[EmulatorProcess]:
-    with EmulatorProcess(protocol, IDS, tau_s=0.01) as e:
-        yield e
-
-
 @pytest.fixture
 def arm(emu: EmulatorProcess, protocol: str) -> Iterator[ServoBusArm]:
     a = make_arm(emu, protocol)

@@ -30,17 +30,6 @@ FAMILIES = {"dynamixel": XL330_M288, "feetech": STS3215()}
 SIGNS = [1 if i % 2 else -1 for i in IDS]
 
 
-@pytest.fixture(params=["dynamixel", "feetech"])
-def protocol(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def emu(protocol: str) -> Iterator[EmulatorProcess]:
-    with EmulatorProcess(protocol, IDS, tau_s=0.01) as e:
-        yield e
-
-
 @pytest.fixture
 def arm(emu: EmulatorProcess, protocol: str) -> Iterator[ServoBusArm]:
     joints = [
