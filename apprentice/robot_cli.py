@@ -58,6 +58,7 @@ def robot_overrides(a: argparse.Namespace) -> dict[str, Any]:
 def preflight(graph: Graph) -> list[str]:
     """What would make a hardware process fail at once, found before any starts."""
     problems = []
+    unset = []  # RealSense cameras without a serial: each would open the first one found
     for proc in graph.processes:
         p = proc.parameters
         if proc.executable == "arm_driver" and p.get("backend") in ("feetech", "dynamixel"):
@@ -73,6 +74,8 @@ def preflight(graph: Graph) -> list[str]:
                     f"{proc.label}: no serial port {p['port']} (`apprentice list-devices` lists "
                     f"them); pass --port {proc.label}=PORT"
                 )
+        if proc.executable == "camera" and p.get("backend") == "realsense" and not p["device"]:
+            unset.append(proc.label)
         if proc.executable == "camera" and p.get("backend") == "uvc":
             device = str(p["device"])
             if not device.isdigit() and not Path(device).exists():
@@ -80,6 +83,11 @@ def preflight(graph: Graph) -> list[str]:
                     f"{proc.label}: no camera or video file {device} (`apprentice list-devices`); "
                     f"pass --camera {proc.label}=DEVICE"
                 )
+    if len(unset) > 1:
+        problems.append(
+            f"RealSense cameras {', '.join(unset)} have no serial (`apprentice list-devices` "
+            f"lists them); pass --camera {unset[0]}=SERIAL for each"
+        )
     return problems
 
 

@@ -168,3 +168,25 @@ def test_record_an_episode_on_emulated_so101(tmp_path: Path) -> None:
     actions = cache.array("action")
     final = np.array([c.to_joint(POSES[2][c.servo_id]) for c in follower_cal])
     np.testing.assert_allclose(actions[-1], final, atol=0.02)
+
+
+def test_record_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Before any process starts: what the user has not set up yet, or mistyped."""
+    cases = [
+        (["--robot", "aloha"], "RealSense cameras top, left_wrist, right_wrist have no serial"),
+        (["--robot", "aloha"], "left: no calibration"),
+        (["--robot", "so101", "--camera", f"front={tmp_path / 'none.avi'}"],
+         "front: no camera or video file"),
+        (["--robot", "so101", "--scripted"], "a robot has a leader arm"),
+        (["--robot", "so101", "--port", "folower=/dev/null"], "no process labelled 'folower'"),
+        (["--robot", "so-101"], "no robot config 'so-101'"),
+    ]  # fmt: skip
+    for args, message in cases:
+        out = subprocess.run(
+            [sys.executable, "-m", "apprentice", "record", *args, "--dataset", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written before the checks pass"
