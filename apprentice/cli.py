@@ -6,17 +6,23 @@ import argparse
 import subprocess
 import sys
 
-from apprentice.graph import GraphRunner, load_graph, parse_overrides
+from apprentice.graph import GraphRunner, load_graph
 from apprentice.learning.train_cli import add_subcommands as add_learning_subcommands
 from apprentice.pipeline import add_demo_arguments, run_demo
 from apprentice.pipeline import add_subcommands as add_pipeline_subcommands
-from apprentice.robot_cli import UserError
+from apprentice.robot_cli import UserError, add_hardware_arguments, preflight, robot_overrides
 from apprentice.robot_cli import add_subcommands as add_robot_subcommands
 from apprentice.transport import ros_env
 
 
 def cmd_graph_run(a: argparse.Namespace) -> int:
-    graph = load_graph(a.graph).with_parameters(parse_overrides(a.param))
+    try:
+        graph = load_graph(a.graph).with_parameters(robot_overrides(a))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    problems = preflight(graph)  # hardware that is not there: before any process starts
+    if problems:
+        raise UserError("; ".join(problems))
     env = ros_env(domain_id=a.domain, shm=not a.no_shm)
     print(
         f"graph {graph.name}: {len(graph.processes)} process(es), ROS_DOMAIN_ID="
@@ -100,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("graph", help="node graphs").add_subparsers(dest="graph_cmd", required=True)
     run = g.add_parser("run", help="start a graph here (no ROS launch tools needed)")
     run.add_argument("graph", help="a graph name in launch/graphs or a YAML path")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="[LABEL.]KEY=VALUE")
+    add_hardware_arguments(run)  # robot graphs: --port ARM=PORT, --camera, --calibration
     run.add_argument("--domain", type=int, help="ROS_DOMAIN_ID (default: inherited)")
     run.add_argument("--no-shm", action="store_true", help="default Fast DDS transports")
     run.set_defaults(func=cmd_graph_run)

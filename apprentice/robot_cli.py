@@ -228,13 +228,18 @@ def cmd_deploy(a: argparse.Namespace) -> int:
     return GraphRunner(graph, env=env).start().wait()
 
 
-def _robot_arguments(p: argparse.ArgumentParser) -> None:
+def add_hardware_arguments(p: argparse.ArgumentParser) -> None:
+    """--port / --camera / --calibration (see `robot_overrides`)."""
     p.add_argument("--port", action="append", default=[], metavar="ARM=PORT",
                    help="serial port of an arm (default: the robot config's)")
     p.add_argument("--camera", action="append", default=[], metavar="NAME=DEVICE",
                    help="camera device, RealSense serial or video file")
     p.add_argument("--calibration", action="append", default=[], metavar="ARM=FILE",
-                   help="arm calibration (default ~/.apprentice/calibration/ROBOT_ARM.yaml)")
+                   help="arm calibration (default: ~/.apprentice/calibration/)")  # fmt: skip
+
+
+def _robot_arguments(p: argparse.ArgumentParser) -> None:
+    add_hardware_arguments(p)
     p.add_argument("-p", "--param", action="append", default=[], metavar="[LABEL.]KEY=VALUE",
                    help="a node parameter, for every process that has it or one process")
     p.add_argument("--domain", type=int, help="ROS_DOMAIN_ID")  # fmt: skip
