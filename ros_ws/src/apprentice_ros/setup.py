@@ -19,8 +19,9 @@ executables = [
 ]
 
 repo = Path(__file__).resolve().parents[3]
+# robot.launch.py for `ros2 launch`; it reads graphs through apprentice.graph (the core finds
+# its own launch folder), so no graph is copied here.
 launch_files = sorted(str(p) for p in (repo / "launch").glob("*.launch.py"))
-graph_files = sorted(str(p) for p in (repo / "launch" / "graphs").glob("*.yaml"))
 
 setup(
     name=package,
@@ -30,7 +31,6 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{package}"]),
         (f"share/{package}", ["package.xml"]),
         (f"share/{package}/launch", launch_files),
-        (f"share/{package}/launch/graphs", graph_files),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
