@@ -6,23 +6,18 @@ import argparse
 import subprocess
 import sys
 
-from apprentice.graph import GraphRunner, load_graph
+from apprentice.graph import GraphRunner
 from apprentice.learning.train_cli import add_subcommands as add_learning_subcommands
 from apprentice.pipeline import add_demo_arguments, run_demo
 from apprentice.pipeline import add_subcommands as add_pipeline_subcommands
-from apprentice.robot_cli import UserError, add_hardware_arguments, preflight, robot_overrides
+from apprentice.robot_cli import UserError, add_hardware_arguments, args_graph, preflight
 from apprentice.robot_cli import add_subcommands as add_robot_subcommands
 from apprentice.transport import ros_env
 
 
 def cmd_graph_run(a: argparse.Namespace) -> int:
-    try:
-        graph = load_graph(a.graph).with_parameters(robot_overrides(a))
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    problems = preflight(graph)  # hardware that is not there: before any process starts
-    if problems:
-        raise UserError("; ".join(problems))
+    graph = args_graph(a)
+    preflight(graph)  # hardware that is not there: before any process starts
     env = ros_env(domain_id=a.domain, shm=not a.no_shm)
     print(
         f"graph {graph.name}: {len(graph.processes)} process(es), ROS_DOMAIN_ID="

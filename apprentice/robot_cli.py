@@ -25,6 +25,13 @@ import yaml
 
 from apprentice.graph import Graph, GraphRunner, load_graph, parse_overrides, stop_processes
 from apprentice.pipeline import RECORD_GRAPH  # the simulated ALOHA and its scripted demos
+from apprentice.robot_graphs import (
+    RobotSetup,
+    calibration_path,
+    deploy_graph,
+    load_setup,
+    robot_graph,
+)
 from apprentice.transport import isolated_domain_id, ros_env
 
 
@@ -55,8 +62,16 @@ def robot_overrides(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def preflight(graph: Graph) -> list[str]:
-    """What would make a hardware process fail at once, found before any starts."""
+def no_calibration(label: str, path: Path, robot: str, arm: str) -> str:
+    return (
+        f"{label}: no calibration {path}; run `apprentice calibrate-arm calibrate --robot {robot} "
+        f"--arm {arm}` or pass --calibration {label}=FILE"
+    )
+
+
+def preflight(graph: Graph) -> None:
+    """Raises UserError naming everything that would make a hardware process fail at once
+    (calibrations, ports, cameras), found before any process starts."""
     problems = []
     unset = []  # RealSense cameras without a serial: each would open the first one found
     for proc in graph.processes:
@@ -64,11 +79,7 @@ def preflight(graph: Graph) -> list[str]:
         if proc.executable == "arm_driver" and p.get("backend") in ("feetech", "dynamixel"):
             cal = Path(p["calibration_file"]).expanduser()
             if not cal.is_file():
-                problems.append(
-                    f"{proc.label}: no calibration {cal}; run `apprentice calibrate-arm calibrate "
-                    f"--robot {p['robot']} --arm {p['arm']}` or pass --calibration "
-                    f"{proc.label}=FILE"
-                )
+                problems.append(no_calibration(proc.label, cal, p["robot"], p["arm"]))
             if p["port"] and not Path(p["port"]).exists():
                 problems.append(
                     f"{proc.label}: no serial port {p['port']} (`apprentice list-devices` lists "
@@ -88,16 +99,17 @@ def preflight(graph: Graph) -> list[str]:
             f"RealSense cameras {', '.join(unset)} have no serial (`apprentice list-devices` "
             f"lists them); pass --camera {unset[0]}=SERIAL for each"
         )
-    return problems
+    if problems:
+        raise UserError("; ".join(problems))
 
 
-def _graph(robot: str | None, kind: str, a: argparse.Namespace) -> Graph:
+def args_graph(a: argparse.Namespace, robot: str | None = None, kind: str = "drive") -> Graph:
+    """`robot`'s graph of `kind`, or else the graph `a.graph`, with the command line's
+    overrides; a graph or robot config that is not there is a UserError."""
     try:
         if robot is None:
             graph = load_graph(a.graph)
         else:
-            from apprentice.robot_graphs import robot_graph
-
             graph = robot_graph(robot, kind)
         return graph.with_parameters(robot_overrides(a))
     except (FileNotFoundError, ValueError) as exc:
@@ -112,11 +124,9 @@ def cmd_record(a: argparse.Namespace) -> int:
     a.param = [f"dataset_dir={dataset}", *a.param] + ([f"task={a.task}"] if a.task else [])
     if a.robot is not None and a.scripted:
         raise UserError("--scripted plays the simulator's demonstrator; a robot has a leader arm")
-    graph = _graph(a.robot, "record", a)
+    graph = args_graph(a, a.robot, "record")
     interactive = a.interactive or a.robot is not None
-    problems = preflight(graph)
-    if problems:
-        raise UserError("; ".join(problems))
+    preflight(graph)
     domain = a.domain if a.domain is not None else isolated_domain_id()
     env = ros_env(domain_id=domain)
     print(f"record: graph {graph.name} on ROS_DOMAIN_ID={domain}, dataset {dataset}", flush=True)
@@ -167,23 +177,17 @@ def last_line(log: Path) -> str:
     return lines[-1] if lines else "(empty log)"
 
 
-def deploy_limits(graph_robot: str, arms: list[str], calibrations: dict[str, str]):
+def deploy_limits(setup: RobotSetup, calibrations: dict[str, str]):
     """Per follower arm its joint limits: the robot config's, narrowed to its calibration."""
     from apprentice.calibration.arm import ArmCalibration
-    from apprentice.drivers.factory import arm_config
-    from apprentice.robot_graphs import calibration_path, load_setup
 
-    setup = load_setup(graph_robot)
     limits = {}
-    for arm in arms:
+    for arm in setup.followers:
         path = Path(calibrations.get(arm) or calibration_path(setup.name, arm)).expanduser()
         if not path.is_file():
-            raise UserError(
-                f"{arm}: no calibration {path}; run `apprentice calibrate-arm calibrate --robot "
-                f"{setup.name} --arm {arm}` or pass --calibration {arm}=FILE"
-            )
+            raise UserError(no_calibration(arm, path, setup.name, arm))
         try:
-            spec = ArmCalibration.load(path).arm_spec(arm_config(graph_robot, arm))
+            spec = ArmCalibration.load(path).arm_spec(setup.arms[arm])
         except ValueError as exc:
             raise UserError(f"{arm}: {exc}") from None
         limits[arm] = (spec.lower.tolist(), spec.upper.tolist())
@@ -193,19 +197,19 @@ def deploy_limits(graph_robot: str, arms: list[str], calibrations: dict[str, str
 def cmd_deploy(a: argparse.Namespace) -> int:
     """Follower drivers + cameras + the policy node, from the robot config and the card."""
     from apprentice.policy_server.card import PolicyRefused, load_card
-    from apprentice.robot_graphs import deploy_graph, load_setup
 
     try:
         card = load_card(a.policy)
         setup = load_setup(a.robot)
     except (PolicyRefused, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    calibrations = {k: str(Path(v).expanduser().resolve()) for k, v in
-                    _pairs(a.calibration, "--calibration").items()}  # fmt: skip
-    limits = deploy_limits(a.robot, list(setup.followers), calibrations)
+    overrides = robot_overrides(a)
+    calibrations = {key.partition(".")[0]: path for key, path in overrides.items()
+                    if key.endswith(".calibration_file")}  # fmt: skip
+    limits = deploy_limits(setup, calibrations)
     try:
         graph = deploy_graph(a.robot, card, Path(a.policy).resolve(), limits)
-        graph = graph.with_parameters(robot_overrides(a))
+        graph = graph.with_parameters(overrides)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if a.print_graph:
@@ -215,9 +219,7 @@ def cmd_deploy(a: argparse.Namespace) -> int:
         ]}  # fmt: skip
         print(yaml.safe_dump(doc, sort_keys=False), end="")
         return 0
-    problems = preflight(graph)
-    if problems:
-        raise UserError("; ".join(problems))
+    preflight(graph)
     env = ros_env(domain_id=a.domain)
     print(
         f"deploy: {card['policy_type']} policy {a.policy} on {setup.name} "
