@@ -220,10 +220,14 @@ def home_pose(scene: str, arms: Sequence[str]) -> dict[str, list[float]]:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from apprentice.graph import GraphRunner, write_params_file
+    from apprentice.policy_server.card import PolicyRefused, load_card
     from apprentice.transport import isolated_domain_id, ros_env
 
     policy_dir = Path(a.policy).resolve()
-    card = json.loads((policy_dir / "policy_card.json").read_text())
+    try:
+        card = load_card(policy_dir)  # whole and readable, or one line and exit 1
+    except PolicyRefused as exc:
+        raise SystemExit(f"eval: {exc}") from None
     out = Path(a.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     sim_graph, params = eval_graph(card, policy_dir, a.graph, a.seed0)

@@ -230,3 +230,25 @@ def test_a_demo_folder_made_with_other_cameras_is_set_aside(tmp_path: Path) -> N
     out.mkdir()
     (out / "setup.json").write_text('{"image_hw": [96,')  # cut short (a crash while writing)
     assert set_aside_if_other_setup(out, setup) is not None and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "/nonexistent-run"], "export: /nonexistent-run: no run.json"),
+        (["export", "{bad}"], "run.json: not JSON"),
+        (["eval", "--policy", "/nonexistent-policy"], "eval: cannot read /nonexistent-policy"),
+        (["eval", "--policy", "{bad}"], "eval: cannot read"),
+    ],
+)
+def test_export_and_eval_of_a_wrong_folder_are_one_line(tmp_path: Path, args, message) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "run.json").write_text("{")  # a damaged run folder, no policy card
+    args = [a.replace("{bad}", str(tmp_path)) for a in args]
+    message = message.replace("{bad}", str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "apprentice", *args], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

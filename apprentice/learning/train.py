@@ -760,8 +760,13 @@ def export_run(
     from apprentice.learning.runtime import load_onnx_policy
 
     run_dir = Path(run_dir)
-    run = json.loads((run_dir / RUN_FILE).read_text())
-    if run.get("format") != RUN_FORMAT:
+    if not (run_dir / RUN_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {RUN_FILE}, not a training run folder")
+    try:
+        run = json.loads((run_dir / RUN_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{run_dir / RUN_FILE}: not JSON ({exc})") from None
+    if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
         raise ValueError(f"{run_dir / RUN_FILE}: not a {RUN_FORMAT} file")
     ckpt = run_dir / LAST
     if weights == "auto":

@@ -68,7 +68,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     from apprentice.learning.train import export_run
 
     _torch_threads(a.threads)
-    card, diff = export_run(a.run, a.out, a.weights)
+    try:
+        card, diff = export_run(a.run, a.out, a.weights)
+    except (FileNotFoundError, ValueError) as exc:  # no run there, or not one of ours
+        raise SystemExit(f"export: {exc}") from None
     out = a.out or f"{a.run.rstrip('/')}/policy"
     graphs = ", ".join(g["file"] for g in card["graphs"].values())
     print(
