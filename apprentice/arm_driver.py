@@ -14,6 +14,12 @@ Two commands that arrive bunched (DDS delivers a late one just before the next) 
 a short step; the next, a longer interval, catches up. Limits come from the backend
 (apprentice.drivers.factory: a robot config's per-joint `max_velocity`, else the servo's no-load
 speed; MuJoCo: SIM_MAX_VELOCITY) unless the node's `max_velocity` parameter overrides them.
+
+Readings (`read_new`, what the node publishes): a reading stamped like the last one published
+is no new state (a paused simulation) and is skipped; one stamped more than `max_future` ahead
+of the host clock, or before the last one published (the host clock stepped back), is dropped
+and counted (apprentice.stamps), and never blocks the readings after it. Commands carry no stamp
+the driver uses: the velocity limit runs on their arrival times (monotonic).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apprentice.robot_io import Arm, ArmSpec, JointReading
+from apprentice.stamps import ACCEPTED, FUTURE, MAX_FUTURE_S, OUT_OF_ORDER, StampGate
 
 LIMIT_TOLERANCE = 1e-6  # rad or m
 MAX_STEP_TIME = 0.05  # s: the longest interval one command's step may cover (20 Hz)
@@ -81,11 +88,16 @@ class ArmDriver:
         arm: Arm,
         max_velocity: float | Sequence[float] | np.ndarray,
         clock: Callable[[], float] = time.monotonic,
+        max_future: float = MAX_FUTURE_S,
+        host_clock: Callable[[], float] = time.time,
     ) -> None:
         self.arm = arm
         self.spec = arm.spec
         self.max_velocity = velocity_limits(max_velocity, self.spec.n_joints)
         self._clock = clock
+        self._host_clock = host_clock
+        self.readings = StampGate(max_future)  # stamps of the readings read_new returned
+        self.skipped_stale = 0  # readings with the last one's stamp: no new state
         self._lock = threading.Lock()
         self._index = {name: i for i, name in enumerate(self.spec.joint_names)}
         self._target = np.array(arm.read().position, dtype=float)  # hold where we start
@@ -100,6 +112,19 @@ class ArmDriver:
 
     def read(self) -> JointReading:
         return self.arm.read()
+
+    def read_new(self) -> JointReading | None:
+        """The arm's reading if it is new and its stamp sane (module docstring), else None."""
+        reading = self.arm.read()
+        if reading.stamp == self.readings.last_stamp:
+            self.skipped_stale += 1
+            return None
+        verdict = self.readings.admit(reading.stamp, self._host_clock(), self._clock())
+        return reading if verdict == ACCEPTED else None
+
+    def reading_report(self) -> str | None:
+        """A log line about readings dropped for their stamps (rate-limited), or None."""
+        return self.readings.report("joint_states", self._clock())
 
     def command(self, position: Sequence[float] | np.ndarray) -> Verdict:
         """A full command in joint order (ros2_control forward-controller style)."""
@@ -138,6 +163,9 @@ class ArmDriver:
             "clamped": self.counts["clamped"],
             "last_rejection": self.last_rejection,
             "max_velocity": self.max_velocity.tolist(),
+            "skipped_stale": self.skipped_stale,
+            "future_stamps": self.readings.counts[FUTURE],
+            "stamps_back": self.readings.counts[OUT_OF_ORDER],
         }
 
     def _apply(self, q: np.ndarray) -> Verdict:

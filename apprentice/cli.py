@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
+from apprentice.errors import run_command
 from apprentice.graph import GraphRunner
 from apprentice.learning.train_cli import add_subcommands as add_learning_subcommands
 from apprentice.pipeline import add_demo_arguments, run_demo
 from apprentice.pipeline import add_subcommands as add_pipeline_subcommands
-from apprentice.robot_cli import UserError, add_hardware_arguments, args_graph, preflight
+from apprentice.robot_cli import add_hardware_arguments, args_graph, preflight
 from apprentice.robot_cli import add_subcommands as add_robot_subcommands
 from apprentice.transport import ros_env
 
@@ -27,25 +29,10 @@ def cmd_graph_run(a: argparse.Namespace) -> int:
 
 
 def cmd_recover(a: argparse.Namespace) -> int:
-    """Recovers the killed episodes of a dataset (bags without metadata.yaml) into its index."""
-    from pathlib import Path
+    """Recovers the killed episodes of a dataset into its index (exit 1 if any failed)."""
+    from apprentice.recording.recorder import recover_dataset
 
-    from apprentice.recording import needs_recovery
-    from apprentice.recording.recorder import recover_into_index
-
-    root = Path(a.dataset)
-    bags = [p for p in sorted(root.iterdir()) if p.is_dir() and any(p.glob("*.mcap"))]
-    todo = [p for p in bags if needs_recovery(p)]
-    if not todo:
-        print(f"{root}: nothing to recover")
-    for bag in todo:
-        entry = recover_into_index(bag)
-        verdict = "quality ok" if entry.passed else "FLAGGED: " + "; ".join(entry.reasons)
-        print(
-            f"recovered {entry.episode_id}: {entry.duration_s:.1f} s, "
-            f"{sum(entry.topic_counts.values())} messages; {verdict}"
-        )
-    return 0
+    return recover_dataset(a.dataset)
 
 
 def cmd_list_devices(_a: argparse.Namespace) -> int:
@@ -87,7 +74,8 @@ def _pass_through(name: str, rest: list[str]) -> int:
     return subprocess.run([sys.executable, "-m", module, *rest], check=False).returncode
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The whole command line (the pass-through commands parse the rest themselves)."""
     from importlib import metadata
 
     try:  # the installed distribution's version, as pip reports it
@@ -96,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         from apprentice import __version__ as version
     ap = argparse.ArgumentParser(prog="apprentice", description=__doc__)
     ap.add_argument("--version", action="version", version=f"%(prog)s {version}")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of any error")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("graph", help="node graphs").add_subparsers(dest="graph_cmd", required=True)
     run = g.add_parser("run", help="start a graph here (no ROS launch tools needed)")
     run.add_argument("graph", help="a graph name in launch/graphs or a YAML path")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="[LABEL.]KEY=VALUE")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="[LABEL.]KEY=VALUE",
+                     help="a parameter of every process that has it, or of LABEL's")  # fmt: skip
     add_hardware_arguments(run)  # robot graphs: --port ARM=PORT, --camera, --calibration
     run.add_argument("--domain", type=int, help="ROS_DOMAIN_ID (default: inherited)")
     run.add_argument("--no-shm", action="store_true", help="default Fast DDS transports")
@@ -128,17 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     # Commands whose own CLI parses the rest of the line (listed here for --help).
     for name, (help_text, _module) in PASS_THROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False)
+    return ap
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in PASS_THROUGH:
-        return _pass_through(argv[0], argv[1:])
+    rest = argv[1:] if argv[:1] == ["--debug"] else argv
+    if rest and rest[0] in PASS_THROUGH:
+        if rest is not argv:  # the child's run_command reads it
+            os.environ["APPRENTICE_DEBUG"] = "1"
+        return _pass_through(rest[0], rest[1:])
 
     a = ap.parse_args(argv)
-    try:
-        return a.func(a)
-    except UserError as exc:
-        print(f"apprentice {a.cmd}: {exc}", file=sys.stderr)
-        return 2
+    return run_command(a.func, a, debug=a.debug)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from apprentice.errors import UserPathError, UserValueError
 from apprentice.resources import GRAPHS_DIR  # launch/graphs, in a checkout or a wheel
 
 
@@ -45,7 +46,7 @@ class Graph:
         for key, value in overrides.items():
             label, dot, name = key.rpartition(".")
             if dot and label not in labels:
-                raise ValueError(
+                raise UserValueError(
                     f"graph {self.name}: no process labelled {label!r} (in {key!r}); "
                     f"labels: {', '.join(sorted(labels))}"
                 )
@@ -55,14 +56,15 @@ class Graph:
             mine = {**scoped.get("", {}), **scoped.get(p.label, {})}
             unknown = set(scoped.get(p.label, {})) - set(p.parameters)
             if unknown:
-                raise ValueError(
+                raise UserValueError(
                     f"graph {self.name}: process {p.label} has no parameter(s) {sorted(unknown)}"
                 )
             applied = {k: v for k, v in mine.items() if k in p.parameters}
             procs.append(ProcessSpec(p.executable, p.label, {**p.parameters, **applied}))
         unknown = set(scoped.get("", {})) - {k for p in self.processes for k in p.parameters}
         if unknown:
-            raise ValueError(f"graph {self.name}: no process has parameter(s) {sorted(unknown)}")
+            names = sorted(unknown)
+            raise UserValueError(f"graph {self.name}: no process has parameter(s) {names}")
         return Graph(self.name, tuple(procs), self.source)
 
 
@@ -72,7 +74,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+            raise UserValueError(f"expected KEY=VALUE, got {pair!r}")
         out[key] = yaml.safe_load(value)
     return out
 
@@ -85,7 +87,7 @@ def resolve_graph_path(name_or_path: str | os.PathLike[str]) -> Path:
     if candidate.is_file():
         return candidate
     known = ", ".join(sorted(p.stem for p in GRAPHS_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"no graph file {name_or_path!r}; graphs in {GRAPHS_DIR}: {known}")
+    raise UserPathError(f"no graph file {name_or_path!r}; graphs in {GRAPHS_DIR}: {known}")
 
 
 def load_graph(name_or_path: str | os.PathLike[str]) -> Graph:
@@ -98,23 +100,26 @@ def load_graph(name_or_path: str | os.PathLike[str]) -> Graph:
 
         graph = graph_by_name(str(name_or_path)) if "/" not in str(name_or_path) else None
         if graph is None:
-            raise FileNotFoundError(
+            raise UserPathError(
                 f"no graph file {str(name_or_path)!r} and no robot config of that name; graphs: "
                 f"{', '.join(sorted(p.stem for p in GRAPHS_DIR.glob('*.yaml')))}; robot graphs: "
                 "ROBOT or record_ROBOT for a robot in launch/robots"
             ) from None
         return graph
-    doc = yaml.safe_load(path.read_text())
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserValueError(f"{path}: not a YAML graph ({str(exc).splitlines()[0]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("processes"), list):
-        raise ValueError(f"{path}: a graph needs a 'processes' list")
+        raise UserValueError(f"{path}: a graph needs a 'processes' list")
     procs = []
     for i, p in enumerate(doc["processes"]):
         exe = p.get("executable") if isinstance(p, dict) else None
         if not isinstance(exe, str) or not exe.isidentifier():
-            raise ValueError(f"{path}: process {i} needs an 'executable' (a module name)")
+            raise UserValueError(f"{path}: process {i} needs an 'executable' (a module name)")
         params = p.get("parameters") or {}
         if not isinstance(params, dict):
-            raise ValueError(f"{path}: process {i} ({exe}): 'parameters' must be a mapping")
+            raise UserValueError(f"{path}: process {i} ({exe}): 'parameters' must be a mapping")
         procs.append(ProcessSpec(exe, str(p.get("label", exe)), params))
     return Graph(str(doc.get("name", path.stem)), tuple(procs), path)
 
@@ -163,16 +168,30 @@ class GraphRunner:
     def start(self) -> GraphRunner:
         folder = Path(self._tmp.name)
         for spec in self.graph.processes:
-            params = write_params_file(spec.parameters, folder, spec.label)
-            cmd = [sys.executable, "-m", f"apprentice_ros.{spec.executable}"]
-            cmd += ["--ros-args", "--params-file", str(params)]
-            out = None
-            if self.log_dir is not None:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                out = open(self.log_dir / f"{spec.label}.log", "wb")  # noqa: SIM115
-            proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-            self.procs.append((spec, proc))
+            write_params_file(spec.parameters, folder, spec.label)
+            self.procs.append((spec, self._launch(spec, "wb")))
         return self
+
+    def restart(self, label: str) -> None:
+        """Starts the exited process `label` again, with the same parameters; its log goes on
+        in the same file."""
+        i = next((k for k, (s, _) in enumerate(self.procs) if s.label == label), None)
+        if i is None:
+            raise KeyError(f"graph {self.graph.name}: no process labelled {label!r}")
+        spec, proc = self.procs[i]
+        if proc.poll() is None:
+            raise RuntimeError(f"{label} is still running")
+        self.procs[i] = (spec, self._launch(spec, "ab"))
+
+    def _launch(self, spec: ProcessSpec, log_mode: str) -> subprocess.Popen[bytes]:
+        params = Path(self._tmp.name) / f"{spec.label}.params.yaml"
+        cmd = [sys.executable, "-m", f"apprentice_ros.{spec.executable}"]
+        cmd += ["--ros-args", "--params-file", str(params)]
+        if self.log_dir is None:
+            return subprocess.Popen(cmd, env=self.env)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{spec.label}.log", log_mode) as out:  # the child keeps a copy
+            return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     def poll(self) -> list[tuple[str, int]]:
         """(label, exit code) of every process that has exited."""

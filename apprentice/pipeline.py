@@ -220,14 +220,16 @@ def home_pose(scene: str, arms: Sequence[str]) -> dict[str, list[float]]:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from apprentice.graph import GraphRunner, write_params_file
-    from apprentice.policy_server.card import PolicyRefused, load_card
+    from apprentice.policy_server.card import PolicyRefused, load_card, unverified_warning
     from apprentice.transport import isolated_domain_id, ros_env
 
     policy_dir = Path(a.policy).resolve()
     try:
-        card = load_card(policy_dir)  # whole and readable, or one line and exit 1
+        card = load_card(policy_dir)  # whole, readable, files as exported; or one line, exit 1
     except PolicyRefused as exc:
         raise SystemExit(f"eval: {exc}") from None
+    if warning := unverified_warning(card):
+        print(f"eval: warning: {warning}", file=sys.stderr, flush=True)
     out = Path(a.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     sim_graph, params = eval_graph(card, policy_dir, a.graph, a.seed0)
@@ -281,7 +283,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", required=True, help="an exported policy folder")
-    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--episodes", type=int, default=10, help="closed-loop episodes to run")
     p.add_argument("--graph", default=EVAL_GRAPH, help="sim robot + `policy` process graph")
     p.add_argument("--seed0", type=int, default=1000, help="the first episode's scene seed")
     # transfer cube: 8 s of demonstration + margin
@@ -344,17 +346,44 @@ def dataset_config(hw: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def link_successful(demos: Path, rows: Sequence[dict[str, Any]], dest: Path) -> int:
-    """A folder of links to the episodes whose demonstration succeeded: the policy learns from
-    those only (a demo that dropped the cube teaches dropping it). Returns how many."""
+@dataclass(frozen=True)
+class DemoSelection:
+    kept: int
+    unsuccessful: int  # demonstrations whose task failed
+    flagged: dict[str, str]  # episode → the quality gate's reasons (left out unless included)
+
+    def summary(self, total: int) -> str:
+        flagged = "; ".join(f"{ep}: {why}" for ep, why in self.flagged.items())
+        head = f"{self.kept} of {total} demonstrations kept: {self.unsuccessful} failed the task"
+        return f"{head}, {len(self.flagged)} flagged by the quality gate" + (
+            f" ({flagged})" if flagged else ""
+        )
+
+
+def link_successful(
+    demos: Path, rows: Sequence[dict[str, Any]], dest: Path, include_flagged: bool = False
+) -> DemoSelection:
+    """A folder of links to the episodes whose demonstration succeeded and whose recording
+    passed the quality gate (`include_flagged`: those that failed it too): the policy learns
+    from those only (a demo that dropped the cube teaches dropping it; one that lost 3 % of
+    its joint states teaches jumps)."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    n = 0
+    kept, unsuccessful, flagged = 0, 0, {}
     for r in rows:
-        if r.get("success") and (demos / r["episode"]).is_dir():
-            (dest / r["episode"]).symlink_to(demos / r["episode"], target_is_directory=True)
-            n += 1
-    return n
+        if not (demos / r["episode"]).is_dir():
+            continue  # in the log, but no bag was kept (a discarded episode)
+        if not r.get("success"):
+            unsuccessful += 1
+            continue
+        quality = r.get("quality", "ok")
+        if quality != "ok":
+            flagged[r["episode"]] = quality
+            if not include_flagged:
+                continue
+        (dest / r["episode"]).symlink_to(demos / r["episode"], target_is_directory=True)
+        kept += 1
+    return DemoSelection(kept, unsuccessful, flagged)
 
 
 @dataclass(frozen=True)
@@ -510,8 +539,11 @@ def run_demo(args: argparse.Namespace) -> int:
         _run_stage(stage)
         if stage.name == "record":
             rows = parse_record_rows(stage.log.read_text())
-            n = link_successful(out / "demos", rows, out / "demos_ok")
-            print(f"{head}: {n} of {len(rows)} demonstrations succeeded", flush=True)
+            chosen = link_successful(out / "demos", rows, out / "demos_ok", args.include_flagged)
+            print(f"{head}: {chosen.summary(len(rows))}", flush=True)
+            if chosen.flagged and not args.include_flagged:
+                print(f"{head}: --include-flagged trains on flagged demonstrations too")
+            n = chosen.kept
             if n == 0:
                 raise SystemExit("demo: no demonstration succeeded: nothing to learn from")
             if n < FEW_DEMOS:
@@ -539,8 +571,12 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="start over: delete the output folder")
     p.add_argument("--episodes", type=int, default=d.episodes, help="scripted demonstrations")
     p.add_argument("--steps", type=int, default=d.steps, help="training steps")
-    p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
-    p.add_argument("--policy", choices=("act", "diffusion"), default=d.policy)
+    p.add_argument("--eval-episodes", type=int, default=d.eval_episodes,
+                   help="closed-loop evaluation episodes (unseen seeds)")  # fmt: skip
+    p.add_argument("--policy", choices=("act", "diffusion"), default=d.policy,
+                   help="the policy to train")  # fmt: skip
+    p.add_argument("--include-flagged", action="store_true",
+                   help="train on demonstrations the quality gate flagged too")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

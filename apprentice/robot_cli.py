@@ -14,15 +14,18 @@ the policy card against the robot): a mistake is one line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from apprentice.errors import UserError
 from apprentice.graph import Graph, GraphRunner, load_graph, parse_overrides, stop_processes
 from apprentice.pipeline import RECORD_GRAPH  # the simulated ALOHA and its scripted demos
 from apprentice.robot_graphs import (
@@ -33,10 +36,6 @@ from apprentice.robot_graphs import (
     robot_graph,
 )
 from apprentice.transport import isolated_domain_id, ros_env
-
-
-class UserError(Exception):
-    """A mistake in the command line or the setup: printed as one line, exit code 2."""
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -132,15 +131,28 @@ def cmd_record(a: argparse.Namespace) -> int:
     print(f"record: graph {graph.name} on ROS_DOMAIN_ID={domain}, dataset {dataset}", flush=True)
     mode = ["--interactive"] if interactive else ["--scripted", "--episodes", str(a.episodes)]
     logs = dataset / "logs"
+    lost = LostEpisodes(dataset)
+    recorders = {p.label for p in graph.processes if p.executable == "recorder"}
+
+    def restarting(label: str, code: int) -> None:
+        new = lost.new()
+        what = f"while recording {', '.join(new)}: {lost.how}" if new else "between episodes"
+        say(f"record: the {label} died ({exit_reason(code)}) {what}; restarting it")
+
     with GraphRunner(graph, env=env, log_dir=logs) as runner:
         session = subprocess.Popen(
             [sys.executable, "-m", "apprentice_ros.record_session", *mode], env=env
         )
-        died = watch(session, runner)
+        died = watch(session, runner, recorders, restarting)
+    lost.new()
     if died:
         for label, code in died:
-            print(f"record: {label} exited ({code}): {last_line(logs / f'{label}.log')}",
-                  file=sys.stderr)  # fmt: skip
+            print(f"record: {label} exited ({exit_reason(code)}): "
+                  f"{last_line(logs / f'{label}.log')}", file=sys.stderr)  # fmt: skip
+    if lost.episodes:
+        say(f"record: {len(lost.episodes)} episode(s) left unfinished by a crash "
+            f"({', '.join(lost.episodes)}): {lost.how}")  # fmt: skip
+    if died:
         print(f"record: stopped; logs in {logs}", file=sys.stderr)
         return 1
     entries = DatasetIndex(dataset).list()
@@ -148,16 +160,73 @@ def cmd_record(a: argparse.Namespace) -> int:
         f"dataset {dataset}: {len(entries)} episode(s) kept, "
         f"{sum(e.passed for e in entries)} passed the quality gate"
     )
-    return session.returncode or 0
+    return 1 if lost.episodes else session.returncode or 0
 
 
-def watch(session: subprocess.Popen, runner: GraphRunner) -> list[tuple[str, int]]:
-    """Waits for the session; if a graph process dies first, interrupts the session (SIGINT:
-    it restores the terminal) and returns the dead processes."""
+# A recorder that dies during a session is started again, this many times in all (the session
+# goes on with the next episode); one that keeps dying stops the session.
+RECORDER_RESTARTS = 3
+
+
+class LostEpisodes:
+    """The episodes of a dataset that a crash during this session left unfinished: bag
+    folders its index does not list, beyond those an earlier session left."""
+
+    def __init__(self, dataset: Path) -> None:
+        from apprentice.recording.recorder import unfinished_episodes
+
+        self._unfinished = unfinished_episodes
+        self.dataset = dataset
+        dataset.mkdir(parents=True, exist_ok=True)
+        self._known = set(unfinished_episodes(dataset))
+        self.episodes: list[str] = []  # found so far
+        self.how = f"recover with `apprentice recover {shlex.quote(str(dataset))}`"
+
+    def new(self) -> list[str]:
+        """The episodes found unfinished since the last call."""
+        new = [p for p in self._unfinished(self.dataset) if p not in self._known]
+        self._known.update(new)
+        self.episodes += [p.name for p in new]
+        return [p.name for p in new]
+
+
+def say(line: str) -> None:
+    """A line on stderr, on a line of its own also while the session redraws its status."""
+    print(("\r\x1b[K" if sys.stderr.isatty() else "") + line, file=sys.stderr, flush=True)
+
+
+def exit_reason(code: int) -> str:
+    """-9 → killed by SIGKILL; 1 → exit code 1."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def watch(
+    session: subprocess.Popen,
+    runner: GraphRunner,
+    restartable: set[str] | frozenset[str] = frozenset(),
+    on_restart: Callable[[str, int], None] | None = None,
+) -> list[tuple[str, int]]:
+    """Waits for the session. A `restartable` process that dies is started again (at most
+    RECORDER_RESTARTS times; `on_restart(label, exit code)` first) and the session told with
+    SIGUSR1, and it goes on. Any other process that dies first interrupts the session
+    (SIGINT: it restores the terminal); the dead processes are returned."""
+    restarts = 0
     try:
         while session.poll() is None:
             died = runner.poll()
-            if died:
+            if died and restarts < RECORDER_RESTARTS and {lb for lb, _ in died} <= restartable:
+                for label, code in died:
+                    if on_restart is not None:
+                        on_restart(label, code)
+                    runner.restart(label)
+                restarts += 1
+                session.send_signal(signal.SIGUSR1)
+            elif died:
                 session.send_signal(signal.SIGINT)
                 stop_processes([session], timeout=5.0)
                 return died
@@ -255,7 +324,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--graph", default=RECORD_GRAPH, help="a robot + teleop + recorder graph")
     rec.add_argument("--task", help="task label saved with each episode")
     rec.add_argument("--episodes", type=int, default=1, help="scripted demonstrations to record")
-    rec.add_argument("--dataset", default="data/demos")
+    rec.add_argument("--dataset", default="data/demos", help="dataset folder (created or added to)")
     mode = rec.add_mutually_exclusive_group()
     mode.add_argument("--interactive", action="store_true",
                       help="keys s/k/d/q start, keep, discard, quit (the default with --robot)")

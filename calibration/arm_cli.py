@@ -30,6 +30,7 @@ from apprentice.calibration.arm import (
 )
 from apprentice.drivers.factory import ArmConfig, arm_config
 from apprentice.drivers.link import BusError
+from apprentice.errors import run_command
 
 SAMPLE_PERIOD_S = 0.01  # range recording: 100 samples/s keeps up with a hand-moved joint
 
@@ -134,8 +135,8 @@ def check(a: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="apprentice-calibrate-arm", description=__doc__)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="apprentice calibrate-arm", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     cal = sub.add_parser("calibrate", help="calibrate interactively; writes servos and a YAML")
     cal.add_argument("-o", "--out", help="YAML to write (default ~/.apprentice/calibration/)")
@@ -148,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--arm", required=True, help="arm of the robot config (e.g. follower)")
         p.add_argument("--port", default="", help="serial port (default: the robot config's)")
         p.add_argument("--baudrate", type=int, default=0, help="default: the robot config's")
-    a = ap.parse_args(argv)
-    try:
-        return a.func(a)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    return run_command(a.func, a, also=(ValueError, OSError), prog="apprentice calibrate-arm")
 
 
 if __name__ == "__main__":

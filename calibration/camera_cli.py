@@ -31,6 +31,7 @@ from apprentice.calibration.camera import (
     write_camera_info,
     write_transform,
 )
+from apprentice.errors import UserPathError, UserValueError, run_command
 
 
 def _board(a: argparse.Namespace) -> CharucoBoard:
@@ -39,9 +40,11 @@ def _board(a: argparse.Namespace) -> CharucoBoard:
 
 
 def _load(path: Path) -> np.ndarray:
+    if not path.is_file():  # before OpenCV, which warns on stderr and returns None
+        raise UserPathError(f"{path}: no such image file")
     bgr = cv2.imread(str(path))
     if bgr is None:
-        raise SystemExit(f"cannot read image {path}")
+        raise UserValueError(f"{path}: not an image OpenCV can read")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -123,53 +126,51 @@ def cmd_hand_eye(a: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="apprentice calibrate-camera",
+                                 description=__doc__.splitlines()[0])  # fmt: skip
     board = argparse.ArgumentParser(add_help=False)
     board.add_argument("--squares", default="7x5", help="chessboard squares, XxY")
     board.add_argument("--square-mm", type=float, default=30.0, help="measured square side")
     board.add_argument("--marker-mm", type=float, default=22.0, help="measured marker side")
-    board.add_argument("--dictionary", default="DICT_5X5_100")
+    board.add_argument("--dictionary", default="DICT_5X5_100", help="ArUco dictionary")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("board", parents=[board], help="write the board image to print")
-    p.add_argument("--px-per-square", type=int, default=200)
-    p.add_argument("--margin-px", type=int, default=100)
-    p.add_argument("--out", type=Path, default=Path("charuco_board.png"))
+    p.add_argument("--px-per-square", type=int, default=200, help="image pixels per square")
+    p.add_argument("--margin-px", type=int, default=100, help="white border, pixels")
+    p.add_argument("--out", type=Path, default=Path("charuco_board.png"), help="PNG to write")
     p.set_defaults(run=cmd_board)
 
     p = sub.add_parser("capture", parents=[board], help="save views from a live camera")
-    p.add_argument("--backend", default="uvc")
-    p.add_argument("--device", default="/dev/video0")
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--fps", type=float, default=30.0)
-    p.add_argument("--out", type=Path, default=Path("calibration_views"))
+    p.add_argument("--backend", default="uvc", help="camera backend: uvc or realsense")
+    p.add_argument("--device", default="/dev/video0", help="UVC device or RealSense serial")
+    p.add_argument("--width", type=int, default=640, help="pixels")
+    p.add_argument("--height", type=int, default=480, help="pixels")
+    p.add_argument("--fps", type=float, default=30.0, help="frames per second")
+    p.add_argument("--out", type=Path, default=Path("calibration_views"), help="views folder")
     p.set_defaults(run=cmd_capture)
 
     p = sub.add_parser("intrinsics", parents=[board], help="images → CameraInfo YAML")
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("images", nargs="+", type=Path, help="views of the board (image files)")
     p.add_argument("--name", default="camera", help="camera name written into the YAML")
-    p.add_argument("--out", type=Path, default=Path("camera_info.yaml"))
+    p.add_argument("--out", type=Path, default=Path("camera_info.yaml"), help="YAML to write")
     p.set_defaults(run=cmd_intrinsics)
 
     p = sub.add_parser("hand-eye", parents=[board], help="images + arm poses → camera pose")
     p.add_argument("folder", type=Path, help="images and poses.yaml")
-    p.add_argument("--camera-info", type=Path, required=True)
+    p.add_argument("--camera-info", type=Path, required=True, help="the camera's intrinsics YAML")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--eye-in-hand", action="store_true", help="camera on the arm")
     mode.add_argument("--eye-to-hand", action="store_true", help="camera fixed, board held")
-    p.add_argument("--out", type=Path, default=Path("hand_eye.yaml"))
+    p.add_argument("--out", type=Path, default=Path("hand_eye.yaml"), help="YAML to write")
     p.set_defaults(run=cmd_hand_eye)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    try:
-        return a.run(a)
-    except ValueError as exc:  # bad input data: a message, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    # bad input data: a message, not a traceback
+    return run_command(a.run, a, also=(ValueError,), prog="apprentice calibrate-camera")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The policy card against the robot: a policy runs only on the robot it was trained for.
 
-`load_card` reads and checks an exported folder (apprentice.learning.export) without running it;
+`load_card` reads and checks an exported folder (apprentice.learning.export) without running it,
+its files against the SHA-256 the card lists (apprentice.learning.runtime.verify_files);
 `check_robot` lists every way the card disagrees with the robot's configuration (joint names,
 camera names, control rate); `check_lens` compares a camera's live CameraInfo with the one the
 policy was trained on (the card camera's "source"). The policy node refuses to start, before it
@@ -27,14 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from apprentice.dataset.images import camera_info_record
-from apprentice.learning.runtime import CARD_FILE, CARD_FORMAT, RUNNERS
+from apprentice.learning.runtime import (
+    CARD_FILE,
+    CARD_FORMAT,
+    RUNNERS,
+    UNVERIFIED,
+    PolicyRefused,  # defined beside verify_files, which the torch-free runtime shares
+    verify_files,
+)
 
 MAX_CONTROL_RATE = 200.0  # Hz: the control thread is measured up to this rate
 LENS_RTOL = 0.02  # relative tolerance of the normalized intrinsics (module docstring)
-
-
-class PolicyRefused(Exception):
-    """The policy must not run on this robot; the message says every reason."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,9 @@ class RobotConfig:
 
 def load_card(directory: str | Path) -> dict[str, Any]:
     """Reads `policy_card.json` and checks that it is whole: the right format, a known policy
-    type, consistent sizes and every graph file present and non-empty. Raises PolicyRefused."""
+    type, consistent sizes, every graph file present and non-empty, and every file the card
+    lists unchanged since export (`verify_files`; a card that lists none loads, and
+    `unverified_warning` says so). Raises PolicyRefused."""
     directory = Path(directory)
     path = directory / CARD_FILE
     try:
@@ -81,7 +87,14 @@ def load_card(directory: str | Path) -> dict[str, Any]:
             )
     if problems:
         raise PolicyRefused(f"{path}: " + "; ".join(problems))
+    verify_files(card, directory)  # last: the one check that reads every byte
     return card
+
+
+def unverified_warning(card: dict[str, Any]) -> str | None:
+    """For a card `load_card` accepted: the warning to show when its files were not verified
+    (an older export without hashes), else None."""
+    return None if "files" in card else UNVERIFIED
 
 
 def check_robot(card: dict[str, Any], robot: RobotConfig) -> list[str]:

@@ -7,10 +7,14 @@
                      for this tick's time → SafetyLayer → `publish`. Never waits on inference.
 
 Times: ticks are scheduled on the monotonic clock and converted to the host clock (what the
-observation stamps use) with one offset taken at start. Python's cyclic garbage collector is
-frozen and disabled while the loop runs (a full collection can stop every thread for
-milliseconds); the inference thread collects the young generations between inferences, where
-a pause costs nothing. No rclpy here: the node passes observations in and publishes commands.
+observation stamps use) with one offset taken at start. Inputs pass a stamp gate
+(apprentice.stamps: a stamp too far ahead of the host clock is dropped and counted), and the
+watchdog's age counts from each stream's last accepted arrival on the monotonic clock as well
+as from its stamp, so a stream that stops trips the hold and the fault whatever it stamped.
+Python's cyclic garbage collector is frozen and disabled while the loop runs (a full collection
+can stop every thread for milliseconds); the inference thread collects the young generations
+between inferences, where a pause costs nothing. No rclpy here: the node passes observations
+in and publishes commands.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from apprentice.policy_server.chunking import (
     StepGrid,
     TemporalEnsemble,
 )
-from apprentice.policy_server.safety import RUNNING, SafetyConfig, SafetyLayer, obs_age
+from apprentice.policy_server.safety import FAULT, HOLD, RUNNING, SafetyConfig, SafetyLayer
 from apprentice.resample import AsOfBuffer
+from apprentice.stamps import ACCEPTED, FUTURE, MAX_FUTURE_S, OUT_OF_ORDER, StampGate
 from apprentice.timing import RateLoop
 
 
@@ -54,15 +59,51 @@ class Observations:
     The synchronized observation at time t takes each stream's as-of sample (latest at or
     before t, at most max_age old): t is the oldest of the cameras' newest stamps, so every
     camera has a frame for it; with no cameras, the oldest of the arms' newest stamps.
+
+    Every message passes its stream's StampGate first (apprentice.stamps): a stamp more than
+    `max_future` ahead of the host clock is dropped and counted, and never blocks later
+    messages. The watchdog's age (`age`) is, per stream, the larger of the newest accepted
+    stamp's age and the time since that message arrived (monotonic), and the oldest stream
+    decides: a stream that stops is stale whatever its stamps said, and one whose stamps lag
+    is stale although it arrives. Dropped messages are logged per stream (`log("event", ..)`:
+    the first at once, then at most every REPORT_EVERY_S).
     """
 
-    def __init__(self, arms: list[str], cameras: list[str], max_age: float) -> None:
+    def __init__(
+        self,
+        arms: list[str],
+        cameras: list[str],
+        max_age: float,
+        max_future: float = MAX_FUTURE_S,
+        log: Callable[[str, str], None] = lambda level, text: None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.arms, self.cameras = list(arms), list(cameras)
+        self.max_age = max_age
         self._joints = {a: AsOfBuffer[np.ndarray](max_age, capacity=256) for a in self.arms}
         self._frames = {c: AsOfBuffer[np.ndarray](max_age, capacity=16) for c in self.cameras}
+        self.gates = {
+            **{f"arm {a}": StampGate(max_future) for a in self.arms},
+            **{f"camera {c}": StampGate(max_future) for c in self.cameras},
+        }
+        self._log, self._clock, self._monotonic = log, clock, monotonic
+        self._gate_lock = threading.Lock()
         self._new = threading.Condition()
 
+    def _admit(self, stream: str, stamp: float) -> bool:
+        with self._gate_lock:
+            gate = self.gates[stream]
+            received = self._monotonic()
+            accepted = gate.admit(stamp, self._clock(), received) == ACCEPTED
+            line = gate.report(stream, received)
+        if line is not None:
+            self._log("event", line)
+        return accepted
+
     def push_joints(self, arm: str, stamp: float, position: np.ndarray) -> None:
+        if not self._admit(f"arm {arm}", stamp):
+            return
         self._joints[arm].push(stamp, np.asarray(position, dtype=float))
         if not self.cameras:
             with self._new:
@@ -70,15 +111,51 @@ class Observations:
 
     def push_frame(self, camera: str, stamp: float, image: np.ndarray) -> None:
         """image (3, H, W) uint8 RGB at the policy's input size (apprentice.dataset.images)."""
+        if not self._admit(f"camera {camera}", stamp):
+            return
         self._frames[camera].push(stamp, image)
         with self._new:
             self._new.notify_all()
 
-    def newest_stamps(self) -> list[float | None]:
-        out: list[float | None] = []
-        for buf in [*self._joints.values(), *self._frames.values()]:
-            latest = buf.latest()
-            out.append(None if latest is None else latest[0])
+    def ages(self, t: float, t_mono: float) -> dict[str, float]:
+        """Per stream, s: max(t − newest accepted stamp, t_mono − its arrival); inf if none.
+        t: host clock, t_mono: the same instant on the monotonic clock."""
+        with self._gate_lock:
+            return {
+                name: max(t - gate.last_stamp, gate.age(t_mono))
+                for name, gate in self.gates.items()
+            }
+
+    def age(self, t: float, t_mono: float) -> float:
+        """The watchdog's observation age (s): the stalest stream's; inf if a stream never
+        delivered."""
+        return max(self.ages(t, t_mono).values(), default=math.inf)
+
+    def staleness(self, t: float, t_mono: float) -> str:
+        """Which stream is stalest and why, for the log."""
+        ages = self.ages(t, t_mono)
+        if not ages:
+            return ""
+        name = max(ages, key=ages.__getitem__)
+        gate = self.gates[name]
+        if gate.counts[ACCEPTED] == 0:
+            return f"{name}: nothing accepted yet"
+        stamp_age, arrival_age = t - gate.last_stamp, gate.age(t_mono)
+        rejected = gate.counts[FUTURE] + gate.counts[OUT_OF_ORDER]
+        return (
+            f"{name}: last accepted message arrived {arrival_age:.3f} s ago, stamped "
+            f"{stamp_age:.3f} s ago ({rejected} dropped for their stamps)"
+        )
+
+    def stats(self, t: float, t_mono: float) -> dict[str, dict]:
+        """Per stream: accepted, future_stamps, out_of_order, arrival_age_s, age_s (the
+        watchdog's: by stamp and by arrival) and stale (age_s > max_age)."""
+        ages = self.ages(t, t_mono)
+        with self._gate_lock:
+            out = {name: gate.stats(t_mono) for name, gate in self.gates.items()}
+        for name, entry in out.items():
+            entry["age_s"] = round(ages[name], 4) if math.isfinite(ages[name]) else None
+            entry["stale"] = not ages[name] <= self.max_age
         return out
 
     def joints_now(self) -> np.ndarray | None:
@@ -282,7 +359,7 @@ class PolicyRuntime:
             last_wake = wake
             t = deadline + self._offset  # the tick's host-clock time
             target = self.executor.action_at(t)
-            age = obs_age(t, self.obs.newest_stamps())
+            age = self.obs.age(t, deadline)
             with self._lock:
                 q = self.safety.step(target, age, t)
                 plan = self._preview(t) if self.cfg.plan_points else []
@@ -299,10 +376,19 @@ class PolicyRuntime:
                 self.counts["over_budget"] += 1
                 self.log("warn", f"tick over budget: {1e3 * (done - deadline):.2f} ms late")
             if new_mode != mode:
-                reason = self.safety.fault_reason
-                level = "info" if new_mode == RUNNING else "warn"
-                self.log(level, f"safety mode {mode} -> {new_mode} {reason}".rstrip())
+                self._log_mode(mode, new_mode, t, deadline)
                 mode = new_mode
+
+    def _log_mode(self, old: str, new: str, t: float, t_mono: float) -> None:
+        """A mode change is an event the log must show (never throttled away): leaving
+        `running` says which input went stale, or the fault's reason."""
+        if new == RUNNING:
+            self.log("info", f"safety mode {old} -> {new}")
+            return
+        why = self.safety.fault_reason if new != HOLD else ""
+        if new in (HOLD, FAULT):
+            why = "; ".join(w for w in (why, self.obs.staleness(t, t_mono)) if w)
+        self.log("event", f"safety mode {old} -> {new}" + (f": {why}" if why else ""))
 
     def _preview(self, t: float) -> list[tuple[float, np.ndarray]]:
         """The executor's next points passed through a copy of the safety layer."""
@@ -356,6 +442,7 @@ class PolicyRuntime:
             "switch_interval": self.cfg.switch_interval,
             "mode": self.safety.mode,
             "fault_reason": self.safety.fault_reason,
+            "inputs": self.obs.stats(time.time(), time.monotonic()),
             "safety": dict(self.safety.counts),
             "stale_actions": ex.stale if ex else 0,
             "chunks": ex.chunks if ex else 0,

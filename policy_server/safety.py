@@ -25,7 +25,6 @@ resume after a hold or a re-arm (from rest: a moving joint is stopped for one ti
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -142,7 +141,8 @@ class SafetyLayer:
 
     def step(self, target: np.ndarray | None, obs_age: float, t: float) -> np.ndarray:
         """The command (J,) for this tick. target: the policy's action (J,) or None (nothing to
-        do: hold). obs_age: s since the newest synchronized observation (inf if none)."""
+        do: hold). obs_age: s, the watchdog's age of the observations (inf if none; the
+        policy runtime takes the stalest stream's, by stamp and by arrival)."""
         if not self._started:
             raise RuntimeError("SafetyLayer.start must be called first")
         cfg = self.cfg
@@ -207,11 +207,3 @@ class SafetyLayer:
             self.counts["rate_limited"] += 1
         self._q, self._v = q, move
         return self.command
-
-
-def obs_age(now: float, stamps: list[float | None]) -> float:
-    """Age (s) of the newest synchronized observation: its oldest stream decides; inf if a
-    stream has never delivered."""
-    if not stamps or any(s is None for s in stamps):
-        return math.inf
-    return now - min(stamps)  # type: ignore[type-var]

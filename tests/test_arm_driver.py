@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from apprentice.arm_driver import MAX_STEP_TIME, ArmDriver, check_positions, velocity_limits
-from apprentice.robot_io import Arm, ArmSpec
+from apprentice.robot_io import Arm, ArmSpec, JointReading
 from apprentice.sim.world import MujocoWorld
 
 
@@ -125,3 +125,47 @@ def test_velocity_limits_one_value_or_one_per_joint() -> None:
     for bad in ([1.0, 2.0], [0.0], [-1.0], [np.inf], [np.nan], []):
         with pytest.raises(ValueError, match="max_velocity"):
             velocity_limits(bad, 3)
+
+
+class StampedArm:
+    """An Arm whose readings carry the stamps a test sets (the rest of the contract: no-ops)."""
+
+    spec = ArmSpec(("j",), np.array([-1.0]), np.array([1.0]))
+
+    def __init__(self, stamp: float) -> None:
+        self.stamp = stamp
+
+    def read(self) -> JointReading:
+        return JointReading(self.stamp, np.zeros(1))
+
+    def write(self, position: np.ndarray) -> None: ...
+
+    def set_torque(self, enabled: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def test_readings_stamped_ahead_of_the_host_clock_are_dropped_and_never_block() -> None:
+    host, mono = Clock(), Clock()
+    host.t = 1_763_900_000.0
+    arm = StampedArm(host.t)
+    driver = ArmDriver(arm, max_velocity=1.0, clock=mono, host_clock=host)
+    assert driver.read_new() is not None
+    assert driver.read_new() is None  # the same stamp: no new state, not an error
+    arm.stamp = host.t + 30.0  # a backend stamp 30 s ahead
+    assert driver.read_new() is None
+    assert driver.reading_report() == (
+        "joint_states: dropped 1 stamped more than 0.5 s ahead of the host clock "
+        "(latest +30.000 s) (1 future, 0 out of order in all)"
+    )
+    for _ in range(3):  # the correct readings after it are published
+        host.t += 0.01
+        mono.t += 0.01
+        arm.stamp = host.t
+        reading = driver.read_new()
+        assert reading is not None and reading.stamp == host.t
+    arm.stamp = host.t - 1.0  # the host clock stepped back: counted, not published
+    assert driver.read_new() is None
+    assert driver.reading_report() is None  # within 5 s of the last line
+    stats = driver.stats()
+    assert (stats["skipped_stale"], stats["future_stamps"], stats["stamps_back"]) == (1, 1, 1)

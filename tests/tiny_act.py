@@ -50,3 +50,20 @@ def export_tiny_act(
                 control_rate_hz=rate_hz, data_index_hash="sha256:test",
                 camera_sources=intrinsics)  # fmt: skip
     return folder
+
+
+def flip_weight_bits(path: Path, bits: int = 3) -> None:
+    """Flips one bit in each of `bits` float32 weights spread over the largest initializer of
+    the ONNX file at `path`, in place: bit rot. The file stays a valid model that loads and
+    runs, only wrong, which nothing but a hash of the file can tell."""
+    import onnx
+
+    model = onnx.load(str(path))
+    raw = max((t.raw_data for t in model.graph.initializer), key=len)
+    data = bytearray(path.read_bytes())
+    start = data.find(raw)  # initializers are serialized verbatim
+    assert start >= 0 and len(raw) >= 4 * bits, path
+    for i in range(bits):
+        weight = start + 4 * (i * len(raw) // (4 * bits))
+        data[weight + 2] ^= 0x40  # little-endian float32: mantissa bit 22, up to half the value
+    path.write_bytes(bytes(data))

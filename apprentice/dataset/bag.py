@@ -30,11 +30,12 @@ from apprentice.dataset.config import (
     camera_info_topic,
 )
 from apprentice.dataset.images import camera_info_record, compressed_to_input, raw_to_input
+from apprentice.errors import UserValueError
 
 _TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserValueError):
     """A bag or dataset that cannot be used, with the file and topic that are at fault."""
 
 

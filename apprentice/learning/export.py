@@ -5,7 +5,9 @@ Output folder:
                        Diffusion: the denoiser ε̂ = f(noisy_actions, t, cond).
     obs_encoder.onnx   Diffusion only: normalized state + images history → cond. Split from the
                        denoiser so the image encoders run once per inference, not once per step.
-    policy_card.json   everything a runtime needs besides the graphs (see `make_card`).
+    policy_card.json   everything a runtime needs besides the graphs (see `make_card`), and
+                       "files": the SHA-256 and size of every file above that a runtime loads,
+                       which every loader verifies before use (runtime.verify_files).
 
 Exporter: the TorchScript-based `torch.onnx.export(dynamo=False)`. It writes one self-contained
 file with no extra dependency (dynamo=True needs onnxscript and writes weights to a separate
@@ -30,7 +32,7 @@ from apprentice.dataset.images import camera_info_record
 from apprentice.learning.act.model import ActPolicy
 from apprentice.learning.checkpoint import Policy, config_to_json
 from apprentice.learning.diffusion.model import DiffusionPolicy
-from apprentice.learning.runtime import CARD_FILE, CARD_FORMAT
+from apprentice.learning.runtime import CARD_FILE, CARD_FORMAT, file_record
 
 POLICY_FILE = "policy.onnx"
 OBS_ENCODER_FILE = "obs_encoder.onnx"
@@ -72,6 +74,19 @@ def _export_graph(
             opset_version=OPSET,
         )
     onnx.checker.check_model(str(path))
+
+
+def _external_data(path: Path) -> list[str]:
+    """The files a graph keeps its weights in besides itself (ONNX external data; none from
+    this exporter unless a graph passes 2 GB), relative to its folder."""
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({
+        entry.value
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    })  # fmt: skip
 
 
 def _io(names: list[str], shapes: list[tuple[int, ...]], dtype: str = "float32") -> dict:
@@ -205,7 +220,8 @@ def export_onnx(
     state_names: list[str] | None = None,
     camera_sources: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Writes the graph(s) and `policy_card.json` into `out_dir`; returns the card.
+    """Writes the graph(s) and `policy_card.json` into `out_dir`; returns the card, whose
+    "files" holds each written file's {"sha256", "bytes"}.
 
     `data_index_hash` identifies the training data (e.g. the dataset index's hash), so a
     deployed policy can be traced back to the episodes it learned from.
@@ -247,5 +263,8 @@ def export_onnx(
             )
     finally:
         policy.train(was_training)
+    graph_files = sorted({g["file"] for g in card["graphs"].values()})
+    names = sorted({*graph_files, *(f for g in graph_files for f in _external_data(out_dir / g))})
+    card["files"] = {name: file_record(out_dir / name) for name in names}
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     return card

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from apprentice.dataset import DatasetCache, DatasetConfig, build_cache, find_ep
 from apprentice.dataset.bag import EpisodeBag
 from apprentice.dataset.config import infer_config
 from apprentice.dataset.samples import ActSamples, DiffusionSamples, policy_batch
+from apprentice.errors import UserPathError, UserValueError
 from apprentice.learning.backbone import load_torchvision_weights
 from apprentice.learning.checkpoint import (
     POLICIES,
@@ -245,7 +247,21 @@ def make_policy_config(
         # The paper crops 84 of 96 pixels (87.5 %) at random while training.
         crop = (round(0.875 * h), round(0.875 * w))
         changes["crop_hw"] = crop if min(crop) >= 32 else None
-    return dataclasses.replace(base, **(changes | overrides))
+    check_overrides(policy_type, overrides)
+    try:
+        return dataclasses.replace(base, **(changes | overrides))
+    except ValueError as exc:  # the config's own checks (__post_init__)
+        raise UserValueError(f"{policy_type} config: {exc}") from None
+
+
+def check_overrides(policy_type: str, overrides: dict[str, Any]) -> None:
+    """Refuses a key that is not a field of the policy's config, naming the nearest one."""
+    names = [f.name for f in dataclasses.fields(POLICIES[policy_type][0])]
+    for key in overrides:
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {near[0]}?" if near else f"; fields: {', '.join(names)}"
+            raise UserValueError(f"{policy_type} config has no field {key!r}{hint}")
 
 
 def preset_image_hw(policy_type: str, preset: Preset) -> tuple[int, int]:
@@ -514,10 +530,19 @@ def _open_data(cfg: TrainConfig, run_dir: Path, world: _Dist, progress: bool) ->
 
 
 def _load_run_config(run_dir: Path) -> TrainConfig:
-    run = json.loads((run_dir / RUN_FILE).read_text())
-    if run.get("format") != RUN_FORMAT:
-        raise ValueError(f"{run_dir / RUN_FILE}: not a {RUN_FORMAT} file")
-    return TrainConfig(**run["train_config"])
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise UserPathError(f"{run_dir}: no {RUN_FILE}, not a training run folder")
+    try:
+        run = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserValueError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
+        raise UserValueError(f"{path}: not a {RUN_FORMAT} file")
+    try:
+        return TrainConfig(**run["train_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserValueError(f"{path}: no valid train_config ({exc})") from None
 
 
 def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:

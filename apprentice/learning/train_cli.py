@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from apprentice.errors import UserError
 from apprentice.graph import parse_overrides
 
 # Flags that may change when a run is resumed; everything else comes from its run.json.
@@ -34,7 +36,7 @@ def _torch_threads(threads: int | None) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from apprentice.learning.train import TrainConfig, resume_config, train
+    from apprentice.learning.train import TrainConfig, check_overrides, resume_config, train
 
     _torch_threads(a.threads)
     given = {
@@ -48,10 +50,14 @@ def cmd_train(a: argparse.Namespace) -> int:
         for name in ("policy", "data"):
             value = getattr(a, name)
             if value is not None and value != getattr(cfg, name):
-                raise SystemExit(f"--{name} {value} differs from the run's {getattr(cfg, name)}")
+                raise UserError(f"--{name} {value} differs from the run's {getattr(cfg, name)}")
     else:
-        if a.policy is None or a.data is None:
-            raise SystemExit("--policy and --data are required (unless --resume)")
+        missing = [f"--{name}" for name in ("policy", "data") if getattr(a, name) is None]
+        if missing:
+            raise UserError(f"{' and '.join(missing)} required (unless --resume)")
+        if not Path(a.data).exists():
+            raise UserError(f"--data {a.data}: no such dataset cache or folder of bags")
+        check_overrides(a.policy, parse_overrides(a.set))  # before the data is read
         cfg = TrainConfig(
             policy=a.policy, data=a.data, out=a.out, preset=a.preset, batch_size=a.batch_size,
             lr=a.lr, weight_decay=a.weight_decay, ema_decay=a.ema, seed=a.seed,
@@ -71,7 +77,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     try:
         card, diff = export_run(a.run, a.out, a.weights)
     except (FileNotFoundError, ValueError) as exc:  # no run there, or not one of ours
-        raise SystemExit(f"export: {exc}") from None
+        raise UserError(str(exc)) from None
     out = a.out or f"{a.run.rstrip('/')}/policy"
     graphs = ", ".join(g["file"] for g in card["graphs"].values())
     print(
@@ -94,7 +100,14 @@ def cmd_dataset_build(a: argparse.Namespace) -> int:
         overrides["image_hw"] = tuple(a.image_hw)
     if a.val_fraction is not None:
         overrides["val_fraction"] = a.val_fraction
-    episodes = find_episodes(a.source, include_failed=a.include_failed)
+    if Path(a.out).exists() and not a.overwrite:
+        raise UserError(f"{a.out} exists; --overwrite rebuilds it")
+    episodes = find_episodes(a.source, include_failed=a.include_flagged)
+    flagged = [] if a.include_flagged else _flagged(Path(a.source))
+    for entry in flagged:
+        print(f"left out {entry.episode_id}: quality gate: {'; '.join(entry.reasons)}")
+    if flagged:
+        print(f"{len(flagged)} flagged episode(s) left out; --include-flagged includes them")
     if a.config is not None:
         cfg = dataclasses.replace(DatasetConfig.from_yaml(a.config), **overrides)
     else:
@@ -111,6 +124,16 @@ def cmd_dataset_build(a: argparse.Namespace) -> int:
     return 0
 
 
+def _flagged(source: Path) -> list[Any]:
+    """The index entries of a recording that failed the quality gate (none for a bag, or a
+    folder of bags without index.json)."""
+    if not (source / "index.json").is_file():
+        return []
+    from apprentice.recording import DatasetIndex
+
+    return [e for e in DatasetIndex(source).list() if not e.passed]
+
+
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Registers `dataset`, `train` and `export` on the main CLI's subparsers."""
     ds = sub.add_parser("dataset", help="training datasets from episode bags")
@@ -120,23 +143,26 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, help="cache folder to create")
     b.add_argument("--config", help="dataset YAML (default: inferred from the first bag)")
     b.add_argument("--rate", type=float, help="control rate, Hz (default 50)")
-    b.add_argument("--image-hw", type=int, nargs=2, metavar=("H", "W"))
-    b.add_argument("--val-fraction", type=float)
+    b.add_argument("--image-hw", type=int, nargs=2, metavar=("H", "W"),
+                   help="image size to resize to (default: the config's)")  # fmt: skip
+    b.add_argument("--val-fraction", type=float, help="share of episodes held out")
     b.add_argument("--skip-bad", action="store_true", help="leave out episodes that fail")
-    b.add_argument("--include-failed", action="store_true", help="also quality-failed ones")
-    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--include-flagged", "--include-failed", action="store_true",
+                   help="also the episodes the quality gate flagged (index.json)")  # fmt: skip
+    b.add_argument("--overwrite", action="store_true", help="rebuild an existing cache")
     b.set_defaults(func=cmd_dataset_build)
 
     t = sub.add_parser("train", help="train ACT or Diffusion Policy (CPU, GPU, torchrun)")
-    t.add_argument("--policy", choices=("act", "diffusion"))
+    t.add_argument("--policy", choices=("act", "diffusion"), help="the policy to train")
     t.add_argument("--data", help="dataset cache, or a folder of bags (cached into the run)")
     t.add_argument("--out", required=True, help="run folder, e.g. runs/<name>")
-    t.add_argument("--preset", choices=("paper", "cpu"), default="paper")
+    t.add_argument("--preset", choices=("paper", "cpu"), default="paper",
+                   help="hyper-parameters: the paper's, or a small model for a CPU")  # fmt: skip
     t.add_argument("--steps", type=int,
                    help="total steps (paper 100000; cpu: ACT 6000, diffusion 5000)")  # fmt: skip
     t.add_argument("--batch-size", type=int, help="per process")
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the preset's)")
     t.add_argument("--ema", type=float, nargs="?", const=0.999, metavar="DECAY",
                    help="keep an EMA of the weights (default decay 0.999); export takes it. "
                         "Recommended at constant lr (ACT CPU preset): one run's EMA 12/20 closed "
@@ -144,13 +170,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="continue <out>/checkpoints/last")
     t.add_argument("--until", type=int, metavar="STEP",
                    help="stop (checkpointed) at this step; --resume continues later")  # fmt: skip
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--val-every", type=int)
-    t.add_argument("--val-batches", type=int)
-    t.add_argument("--log-every", type=int)
-    t.add_argument("--checkpoint-every", type=int)
-    t.add_argument("--num-workers", type=int)
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--seed", type=int, default=0, help="initialization and sampling seed")
+    t.add_argument("--val-every", type=int, help="steps between validations (default 500)")
+    t.add_argument("--val-batches", type=int, help="batches per validation (default 8)")
+    t.add_argument("--log-every", type=int, help="steps between log lines (default 10)")
+    t.add_argument("--checkpoint-every", type=int, help="steps per checkpoint (default 1000)")
+    t.add_argument("--num-workers", type=int, help="loader workers (default: CPU 0, CUDA 4)")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA if present")
     t.add_argument("--no-amp", dest="amp", action="store_const", const=False,
                    help="no bf16 autocast on CUDA")  # fmt: skip
     t.add_argument("--threads", type=int, help="torch CPU threads")
@@ -158,14 +184,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--dataset-config", help="dataset YAML when --data holds bags")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="policy config field, e.g. --set chunk_size=50")  # fmt: skip
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="a training run → ONNX policy folder + policy card")
     e.add_argument("run", help="run folder")
     e.add_argument("--out", help="policy folder (default <run>/policy)")
-    e.add_argument("--weights", choices=("auto", "ema", "model"), default="auto")
-    e.add_argument("--threads", type=int)
+    e.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
+                   help="auto: the EMA weights when the run kept them")  # fmt: skip
+    e.add_argument("--threads", type=int, help="torch CPU threads")
     e.set_defaults(func=cmd_export)
 
 

@@ -2,8 +2,11 @@
 
 Times come from the header stamps the sensors gave (read straight from the CDR, 12 bytes, no
 deserialisation), not from when the recorder received them; topics without a header use the
-log (receive) time. A `QualityTracker` is fed while recording (O(1) per message) or from a bag
-afterwards (`assess_bag`); `verdict()` checks it against a `QualityConfig`.
+log (receive) time. A message stamped more than `max_future_s` after it was received (a sensor
+clock ahead of the host: apprentice.stamps) is counted and fails the gate, and its stamp is
+left out of the rates, gaps and skews (one +30 s stamp would read as a 30 s gap). A
+`QualityTracker` is fed while recording (O(1) per message) or from a bag afterwards
+(`assess_bag`); `verdict()` checks it against a `QualityConfig`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Literal
 
 import numpy as np
 from mcap.reader import make_reader
+
+from apprentice.stamps import MAX_FUTURE_S
 
 from .msgdefs import header_stamp_ns
 
@@ -56,6 +61,8 @@ class QualityConfig:
     # 30 Hz cameras are within half a period, 17 ms).
     max_camera_joint_skew_s: float = 0.02
     max_camera_camera_skew_s: float = 0.04
+    # A header stamp this much later than the message's receive time is a clock fault.
+    max_future_s: float = MAX_FUTURE_S
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -80,6 +87,7 @@ class TopicQuality:
     zero_stamps: int  # header stamps left at 0 by the publisher
     first_log_ns: int
     last_log_ns: int
+    future_stamps: int = 0  # stamped more than max_future_s after their receive time
 
 
 @dataclass(frozen=True)
@@ -206,7 +214,12 @@ def assess_bag(
 
 def _topic_quality(s: _Series, cfg: QualityConfig) -> tuple[TopicQuality, np.ndarray]:
     spec = s.spec
-    st = np.sort(np.frombuffer(s.stamps, dtype=np.int64))  # (N,) ns
+    stamps = np.frombuffer(s.stamps, dtype=np.int64)  # (M,) ns, receive order
+    future = np.zeros(len(stamps), dtype=bool)
+    if spec.stamped:
+        future = stamps - np.frombuffer(s.log_times, dtype=np.int64) > cfg.max_future_s * 1e9
+    # (N,) ns: the sane stamps; if none is, the receive times stand in (the gate fails anyway)
+    st = np.sort(stamps[~future] if not future.all() else np.frombuffer(s.log_times, np.int64))
     n = len(st)
     span_ns = int(st[-1] - st[0])
     period_ns = 1e9 / spec.nominal_hz
@@ -219,7 +232,7 @@ def _topic_quality(s: _Series, cfg: QualityConfig) -> tuple[TopicQuality, np.nda
     q = TopicQuality(
         topic=spec.name,
         role=spec.role,
-        count=n,
+        count=len(stamps),
         nominal_hz=spec.nominal_hz,
         achieved_hz=(n - 1) / (span_ns * _NS) if span_ns > 0 else 0.0,
         expected=expected,
@@ -230,6 +243,7 @@ def _topic_quality(s: _Series, cfg: QualityConfig) -> tuple[TopicQuality, np.nda
         zero_stamps=int((st == 0).sum()) if spec.stamped else 0,
         first_log_ns=min(s.log_times),
         last_log_ns=max(s.log_times),
+        future_stamps=int(future.sum()),
     )
     return q, st
 
@@ -238,6 +252,11 @@ def _topic_reasons(q: TopicQuality, cfg: QualityConfig, start: int, end: int) ->
     out = []
     if q.zero_stamps:
         out.append(f"{q.topic}: {q.zero_stamps} messages with a zero header stamp")
+    if q.future_stamps:
+        out.append(
+            f"{q.topic}: {q.future_stamps} messages stamped more than {cfg.max_future_s:g} s "
+            "after they were received (a sensor clock ahead of the host)"
+        )
     if q.achieved_hz < cfg.min_rate_fraction * q.nominal_hz:
         out.append(
             f"{q.topic}: rate {q.achieved_hz:.1f} Hz < {cfg.min_rate_fraction:.0%} "

@@ -13,6 +13,8 @@ The step, as `recover(bag_dir)` does it:
      times), into a fresh `<name>.mcap` with the normal writer, which adds the summary,
      footer and metadata.yaml (custom_data gains `recovered_from`).
 Running it again after it was itself interrupted starts over from the `.partial` file.
+A file cut anywhere, even before its header (0 bytes), gives a valid bag: empty when no chunk
+was complete, without a task label when the episode's metadata record was cut.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from mcap.exceptions import EndOfFile
 from mcap.records import Channel, Chunk, Header, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader, breakup_chunk
@@ -46,6 +49,36 @@ class RecoveryReport:
     bytes_dropped: int  # bytes after it: the torn tail
     stop_reason: str  # "footer" for a file that was complete, else the error at the tail
     summary: EpisodeSummary  # of the rewritten bag
+
+
+def closed_summary(bag_dir: str | Path) -> EpisodeSummary:
+    """The summary of a closed bag, read back from its metadata.yaml."""
+    bag_dir = Path(bag_dir)
+    doc = yaml.safe_load((bag_dir / METADATA_FILE).read_text("utf-8"))
+    info = doc["rosbag2_bagfile_information"]
+    return EpisodeSummary(
+        bag_dir=bag_dir,
+        mcap_path=bag_dir / info["relative_file_paths"][0],
+        start_time_ns=info["starting_time"]["nanoseconds_since_epoch"],
+        duration_ns=info["duration"]["nanoseconds"],
+        message_count=info["message_count"],
+        topic_counts={
+            t["topic_metadata"]["name"]: t["message_count"]
+            for t in info["topics_with_message_count"]
+        },
+        custom_data={str(k): str(v) for k, v in (info.get("custom_data") or {}).items()},
+    )
+
+
+def bag_file(bag_dir: str | Path) -> Path | None:
+    """The file a recovery starts from: the `.partial` of an interrupted recovery, else the
+    bag's one `.mcap` (None when there is neither, or several)."""
+    bag_dir = Path(bag_dir)
+    partials = sorted(bag_dir.glob(f"*.mcap{PARTIAL_SUFFIX}"))
+    if partials:
+        return partials[0]
+    mcaps = list(bag_dir.glob("*.mcap"))
+    return mcaps[0] if len(mcaps) == 1 else None
 
 
 def needs_recovery(bag_dir: str | Path) -> bool:

@@ -3,6 +3,7 @@ torch one, the runtime maps raw observations to raw actions, and the card carrie
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -131,7 +132,12 @@ def test_cards_carry_the_deployment_contract(act_export, diffusion_export) -> No
             stats = policy.normalizer.stats(key)
             assert on_disk["normalization"][key]["offset"] == stats.offset.tolist()
             assert on_disk["normalization"][key]["mode"] == stats.mode
+        for name, entry in on_disk["files"].items():  # what every loader verifies
+            data = (folder / name).read_bytes()
+            assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     act_card, dp_card = act_export[1], diffusion_export[1]
+    assert sorted(act_card["files"]) == ["policy.onnx"]
+    assert sorted(dp_card["files"]) == ["obs_encoder.onnx", "policy.onnx"]
     assert act_card["policy_type"] == "act" and act_card["diffusion"] is None
     assert act_card["chunk_size"] == 6 and act_card["control_rate_hz"] == 30.0
     assert act_card["data_index_hash"] == "sha256:abc123"

@@ -94,6 +94,10 @@ def test_broken_folders_are_refused(act_dir, tmp_path) -> None:
     with pytest.raises(PolicyRefused, match="missing or empty"):
         load_card(tmp_path)
     (tmp_path / "policy.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(PolicyRefused, match="policy.onnx: sha256 .* changed since export"):
+        open_policy(tmp_path, "cpu")
+    del card["files"]  # an older export: nothing to verify, onnxruntime refuses the graph
+    (tmp_path / "policy_card.json").write_text(json.dumps(card))
     with pytest.raises(PolicyRefused, match="cannot load the policy graphs"):
         open_policy(tmp_path, "cpu")
     with pytest.raises(PolicyRefused, match="unknown execution provider"):

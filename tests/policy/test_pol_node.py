@@ -198,7 +198,7 @@ def test_mismatched_or_corrupt_policy_refuses_to_start(policy_dir, tester, tmp_p
     text = procs["wrong"][1].read_text()
     for reason in ("joint names differ", "whole multiple", "cameras differ"):
         assert reason in text, text
-    assert "cannot load the policy graphs" in procs["corrupt"][1].read_text()
+    assert "policy.onnx: sha256" in procs["corrupt"][1].read_text()  # cut short since export
     assert "switch_interval must be > 0" in procs["no_gil"][1].read_text()
     tester.spin(0.3)
     assert tester.forward == [], "a refusing node published a command"

@@ -114,8 +114,9 @@ def test_transport_loss_estimated_and_counted_from_sequence_numbers() -> None:
 
     tracker = QualityTracker([TopicSpec(JOINTS[0], 200.0, "joint")])
     seqs = [s for s in range(700) if s not in (100, 101, 102, 400)]
-    for i, seq in enumerate(seqs):
-        tracker.observe(JOINTS[0], joint_state(T0 + seq * 5_000_000, np.zeros(6)), T0 + i, seq)
+    for seq in seqs:  # received 1 ms after stamping
+        stamp = T0 + seq * 5_000_000
+        tracker.observe(JOINTS[0], joint_state(stamp, np.zeros(6)), stamp + 1_000_000, seq)
     q = tracker.verdict().topics[JOINTS[0]]
     assert q.lost == 4 and q.gaps == 1  # 3 in a row make a gap (> 2 periods), 1 does not
 
@@ -154,6 +155,26 @@ def test_zero_header_stamps_are_reported() -> None:
         tracker.observe(JOINTS[0], joint_state(0, np.zeros(6)), T0 + k * 5_000_000)
     v = tracker.verdict()
     assert f"{JOINTS[0]}: 400 messages with a zero header stamp" in v.reasons
+
+
+def test_stamps_ahead_of_their_receive_time_are_counted_and_left_out_of_the_timing() -> None:
+    """One frame stamped +30 s: reported as such, not as a 30 s gap or a lost rate; the bunched
+    receive times of a stalled executor (stamps up to 0.2 s ahead of them) still pass."""
+    msgs = _stream()
+    k = next(i for i, m in enumerate(msgs) if m[0] == CAMERAS[0] and m[2] > T0 + 1_500_000_000)
+    topic, _, log = msgs[k]
+    msgs[k] = (topic, image(log + 30_000_000_000, PIXELS), log)
+    v = _track(msgs).verdict()
+    q = v.topics[CAMERAS[0]]
+    assert q.future_stamps == 1 and q.count == 90 and q.gaps == 0
+    assert v.reasons == (
+        f"{CAMERAS[0]}: 1 messages stamped more than 0.5 s after they were received "
+        "(a sensor clock ahead of the host)",
+    )
+    assert v.skews_s[f"{CAMERAS[0]} ~ {JOINTS[0]}"] < 0.01
+    bunched = [(t, d, (log // 200_000_000) * 200_000_000) for t, d, log in _stream()]
+    assert all(q.future_stamps == 0 for q in _track(bunched).verdict().topics.values())
+    assert _track(msgs).verdict(QualityConfig(max_future_s=40.0)).topics[CAMERAS[0]].gaps == 1
 
 
 def test_header_stamp_of_both_cdr_byte_orders() -> None:

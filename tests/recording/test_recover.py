@@ -18,12 +18,21 @@ from mcap.exceptions import McapError
 from mcap.reader import make_reader
 from rosbags.rosbag2 import Reader
 
+from apprentice.dataset import EpisodeBag
 from apprentice.recording import (
+    DatasetIndex,
     EpisodeWriter,
+    TopicSpec,
     WriterConfig,
     header_stamp_ns,
     needs_recovery,
     recover,
+)
+from apprentice.recording.recorder import (
+    EMPTY_REASON,
+    RecordedTopic,
+    Recorder,
+    recover_dataset,
 )
 
 HERE = Path(__file__).parent
@@ -223,3 +232,138 @@ def test_recover_with_no_complete_chunk_gives_an_empty_valid_bag(
     with Reader(bag) as reader:
         assert reader.message_count == 0
         assert {c.topic for c in reader.connections} == {JOINTS[0], CAMERAS[0]}
+
+
+# --- apprentice recover: a dataset's unfinished episodes, whatever a crash left of them ---
+
+
+def _recorded_bag(root: Path, n: int, config: WriterConfig | None = None) -> Path:
+    """A closed episode written by a real Recorder (its custom_data carries the gate's topic
+    specs) with n joint states at 100 Hz and a camera at 20 Hz."""
+    rec = Recorder(
+        root,
+        [
+            RecordedTopic(TopicSpec(JOINTS[0], 100.0, "joint"), "sensor_msgs/msg/JointState"),
+            RecordedTopic(TopicSpec(CAMERAS[0], 20.0, "camera"), "sensor_msgs/msg/Image"),
+        ],
+        writer=config,
+    )
+    episode = rec.start("fold towel")
+    rng = np.random.default_rng(n)
+    t0 = time.time_ns()
+    for k in range(n):
+        t = t0 + k * 10_000_000
+        rec.on_message(JOINTS[0], joint_state(t, rng.normal(size=6)), t)
+        if k % 5 == 0:
+            pixels = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            rec.on_message(CAMERAS[0], image(t, pixels), t)
+    rec.stop()
+    return root / episode
+
+
+def _layout_ends(mcap: Path) -> list[tuple[str, int]]:
+    """(record type, offset of its end) for the records of the file's data section."""
+    from mcap.stream_reader import StreamReader
+
+    with open(mcap, "rb") as f:
+        return [(type(r).__name__, f.tell()) for r in StreamReader(f, emit_chunks=True).records]
+
+
+@pytest.mark.parametrize("cut", [0, 1, 100, 300])
+def test_recover_a_partial_file_shorter_than_its_first_message(tmp_path: Path, cut: int) -> None:
+    """What a recorder killed within its first milliseconds leaves: nothing, part of the magic,
+    the header and part of the episode's metadata record, the metadata record but no schema."""
+    src = _recorded_bag(tmp_path / "src", 50)
+    ends = dict(reversed(_layout_ends(src / f"{src.name}_0.mcap")))  # first end per type
+    assert ends["Header"] < 100 < ends["Metadata"] < 300 < ends["Schema"]
+    root = tmp_path / "dataset"
+    _recorded_bag(root, 50)  # episode_0000: finished and listed, left alone
+    bag = _crashed_copy(src, root / "episode_0001", cut)
+
+    lines: list[str] = []
+    assert recover_dataset(root, out=lines.append) == 0
+    assert lines[0] == f"recovering episode_0001 (episode_0001_0.mcap, {cut} B)...", lines
+    assert lines[1].startswith("recovered episode_0001: 0.0 s, 0 messages"), lines
+    assert lines[1].endswith(f"FLAGGED: {EMPTY_REASON}"), lines
+    assert len(lines) == 2
+
+    entry = DatasetIndex(root).get("episode_0001")
+    assert not entry.passed and entry.reasons == (EMPTY_REASON,) and entry.recovered
+    assert entry.task == ("fold towel" if cut >= ends["Metadata"] else "")
+    assert (bag / "metadata.yaml").exists() and not needs_recovery(bag)
+    assert (bag / "episode_0001_0.mcap.partial").stat().st_size == cut  # kept as it was
+    with Reader(bag) as reader:  # a valid, empty bag
+        assert reader.message_count == 0
+    lines.clear()
+    assert recover_dataset(root, out=lines.append) == 0
+    assert lines == [f"{root}: nothing to recover"]
+    assert [e.episode_id for e in DatasetIndex(root).list()] == ["episode_0000", "episode_0001"]
+
+
+def test_recover_two_crashed_episodes_past_a_damaged_one(tmp_path: Path) -> None:
+    """Each unfinished episode is named and recovered; one that cannot be is reported with its
+    file and the next one still recovered; the exit code says that one failed."""
+    config = WriterConfig(chunk_bytes=3000)  # many chunks
+    src = _recorded_bag(tmp_path / "src", 300, config)
+    layout = _chunk_layout(src / f"{src.name}_0.mcap")
+    assert len(layout) >= 6
+    root = tmp_path / "dataset"
+    _recorded_bag(root, 150)  # episode_0000, finished
+    cuts = {"episode_0001": layout[2][0] + 50, "episode_0003": layout[4][1]}
+    for name, cut in cuts.items():
+        _crashed_copy(src, root / name, cut)
+    bad = root / "episode_0002"  # an MCAP that is not a ROS 2 bag: recover refuses it
+    bad.mkdir()
+    data = (src / f"{src.name}_0.mcap").read_bytes()
+    (bad / "episode_0002_0.mcap").write_bytes(data.replace(b"ros2", b"json", 1)[:5000])
+
+    lines: list[str] = []
+    assert recover_dataset(root, out=lines.append) == 1
+    text = "\n".join(lines)
+    assert lines[0].startswith("recovering episode_0001 (episode_0001_0.mcap, "), text
+    assert lines[1].startswith("recovered episode_0001: "), text
+    assert lines[2] == "recovering episode_0002 (episode_0002_0.mcap, 5.0 kB)...", text
+    assert lines[3].startswith("FAILED episode_0002: ") and "not a ROS 2 MCAP" in lines[3], text
+    assert str(bad / "episode_0002_0.mcap") in lines[3], text
+    assert lines[4].startswith("recovering episode_0003 "), text
+    assert lines[5].startswith("recovered episode_0003: "), text
+    assert lines[6] == "1 of 3 episode(s) not recovered: episode_0002", text
+
+    index = {e.episode_id: e for e in DatasetIndex(root).list()}
+    assert sorted(index) == ["episode_0000", "episode_0001", "episode_0003"]
+    want = {"episode_0001": sum(c[3] for c in layout[:2]), "episode_0003": sum(
+        c[3] for c in layout[:5])}  # fmt: skip
+    for name, messages in want.items():
+        assert index[name].recovered and sum(index[name].topic_counts.values()) == messages
+        assert index[name].task == "fold towel"
+        assert not needs_recovery(root / name)
+        with Reader(root / name) as reader:
+            assert reader.message_count == messages
+        assert EpisodeBag(root / name).counts[JOINTS[0]] > 0  # the dataset builder's reader
+    # The damaged one is offered again (and fails again) until someone deals with it.
+    lines.clear()
+    assert recover_dataset(root, out=lines.append) == 1
+    assert [ln.split(" (")[0] for ln in lines[:1]] == ["recovering episode_0002"], lines
+    shutil.rmtree(bad)
+    lines.clear()
+    assert recover_dataset(root, out=lines.append) == 0
+    assert lines == [f"{root}: nothing to recover"]
+
+
+def test_recover_lists_an_episode_recovered_but_never_listed(tmp_path: Path) -> None:
+    """A recovery that died after rewriting the bag, before the index: the next run lists it.
+    So does a recorder that died between closing an episode and listing it."""
+    src = _recorded_bag(tmp_path / "src", 200)
+    root = tmp_path / "dataset"
+    half = (src / "episode_0000_0.mcap").stat().st_size // 2
+    crashed = _crashed_copy(src, root / "episode_0000", half)
+    recover(crashed)  # metadata.yaml written, index not
+    shutil.copytree(src, root / "episode_0001")  # closed, never listed
+    lines: list[str] = []
+    assert recover_dataset(root, out=lines.append) == 0
+    assert lines[1].startswith("listed episode_0000: "), lines
+    assert lines[3].startswith("listed episode_0001: 2.0 s, 240 messages; "), lines
+    index = {e.episode_id: e for e in DatasetIndex(root).list()}
+    assert index["episode_0000"].recovered and not index["episode_0001"].recovered
+    assert recover_dataset(root, out=lines.append) == 0
+    assert lines[-1] == f"{root}: nothing to recover"

@@ -6,7 +6,8 @@ Topics (relative: put the node in the arm's namespace, e.g. /left):
                                               position controller style)
   joint_commands  sensor_msgs/JointState      positions by joint name (others keep their target)
 Services:
-  stats           std_srvs/Trigger           JSON counters: accepted, rejected, clamped, ...
+  stats           std_srvs/Trigger           JSON counters: accepted, rejected, clamped,
+                                             future_stamps, stamps_back, ...
   set_torque      std_srvs/SetBool           torque on (holding the present pose) or off
   rearm           std_srvs/Trigger           servo buses only: leave the safe state (torque
                                              stays off until set_torque)
@@ -15,8 +16,11 @@ reason and counted; the arm keeps its last accepted target. An accepted command 
 at most `max_velocity` × min(time since the last accepted command, 0.05 s) (apprentice.arm_driver;
 `clamped` counts those cut short). A command or torque request the backend fails (bus fault,
 safe state, goal write before set_torque after a rearm, torque-on refused for a servo error) is
-counted in `command_errors`; the node stays up. A failure while starting (config, calibration,
-bus, the first read) is one line on stderr and a non-zero exit.
+counted in `command_errors`; the node stays up. A reading stamped more than 0.5 s ahead of the
+host clock, or before the last one published, is not published (apprentice.arm_driver
+`read_new`; counted in `future_stamps` / `stamps_back`, logged at once, then every 5 s). A
+failure while starting (config, calibration, bus, the first read) is one line on stderr and a
+non-zero exit.
 """
 
 from __future__ import annotations
@@ -72,7 +76,6 @@ class ArmDriverNode(Node):
         if rearm is not None:
             self.create_service(Trigger, "rearm", self._on_rearm)
         self.read_errors = 0
-        self.skipped_stale = 0
         self._stop = threading.Event()
         self._loop = RateLoop(rate_hz, self._stop)
         self._thread = threading.Thread(target=self._publish_loop, name=f"{name}-states")
@@ -82,20 +85,19 @@ class ArmDriverNode(Node):
         )
 
     def _publish_loop(self) -> None:
-        last = float("-inf")
         names = self.core.spec.joint_names
         for _ in self._loop:
             try:
-                reading = self.core.read()
+                reading = self.core.read_new()  # None: no new state, or a stamp dropped
             except Exception as exc:  # a bus fault must not kill the node
                 self.read_errors += 1
                 self.get_logger().error(f"read failed: {exc}", throttle_duration_sec=1.0)
                 continue
-            if reading.stamp <= last:  # no new state since the last tick (sim paused)
-                self.skipped_stale += 1
-                continue
-            last = reading.stamp
-            self._pub.publish(joint_state(reading, names))
+            report = self.core.reading_report()
+            if report is not None:
+                self.get_logger().warning(report)  # rate-limited by the core
+            if reading is not None:
+                self._pub.publish(joint_state(reading, names))
 
     def _report(self, verdict: Verdict) -> None:
         if not verdict.accepted:
@@ -128,7 +130,6 @@ class ArmDriverNode(Node):
         stats.update(
             read_errors=self.read_errors,
             missed_ticks=self._loop.missed,
-            skipped_stale=self.skipped_stale,
             command_errors=self.command_errors,
         )
         if self._diagnostics is not None:

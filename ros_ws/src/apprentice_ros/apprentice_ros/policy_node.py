@@ -2,7 +2,9 @@
 safety layer (apprentice.policy_server). Wiring only: the runtime, chunking and safety are cores.
 
 Start-up, in order, and nothing is published before the last step:
-  1. load the folder (card complete, graphs load on the configured execution provider)
+  1. load the folder (card complete, every file it lists matches its SHA-256, graphs load on
+     the configured execution provider); a card without hashes (an older export) runs with a
+     warning that the model is unverified
   2. wait for every arm's joint_states, every camera's first image and, for each camera the
      card has a "source" (the camera it was trained on) for, its camera_info
      (`startup_timeout`)
@@ -19,6 +21,14 @@ Frames: any size, raw (any encoding apprentice.dataset.images decodes) or JPEG p
 `image_transport`; each is decoded and resized to the card's input in the image callback
 (camera_input.py), by the functions the dataset builder used, so the live input equals the
 training input pixel for pixel and the control thread never decodes.
+
+Stamps: a joint state or frame stamped more than `max_future_s` ahead of the host clock, or
+not newer than its stream's last accepted one, is dropped, counted and logged (first at once,
+then every 5 s per stream); it never blocks later messages (apprentice.stamps). The watchdog
+(hold after `max_observation_age`, fault after `safe_after`) counts each stream's age from its
+last accepted stamp and from that message's arrival on the monotonic clock, the larger: a
+stream that stops trips it whatever it stamped. ~/stats "inputs" has per stream the counts,
+ages and whether it is stale; "mode" is hold or fault while the inputs are.
 
 Parameters (DEFAULTS below, with units; these are the ones a robot config sets):
   policy_dir              the exported folder (required)
@@ -63,9 +73,16 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from apprentice.policy_server.adapters import open_policy
-from apprentice.policy_server.card import PolicyRefused, RobotConfig, check_lens, check_robot
+from apprentice.policy_server.card import (
+    PolicyRefused,
+    RobotConfig,
+    check_lens,
+    check_robot,
+    unverified_warning,
+)
 from apprentice.policy_server.loop import Command, Observations, PolicyRuntime, RuntimeConfig
 from apprentice.policy_server.safety import SafetyConfig
+from apprentice.stamps import MAX_FUTURE_S
 from apprentice_ros.camera_input import TRANSPORTS, CameraInput
 from apprentice_ros.conversions import from_time, to_time
 from apprentice_ros.params import declare
@@ -89,6 +106,9 @@ DEFAULTS = {
     "output": "forward",  # forward | joint_state | trajectory
     "trajectory_points": 10,
     "max_observation_age": 0.1,  # s: as-of tolerance, and the watchdog's hold threshold
+    # s a message's stamp may be ahead of the host clock; one further ahead is dropped and
+    # counted per stream (apprentice.stamps: why 0.5 s). Must stay below safe_after.
+    "max_future_s": MAX_FUTURE_S,
     "safe_after": 1.0,  # s without fresh observations before the latched safe state
     "ramp_time": 1.0,  # s to full speed after start / resume
     "max_velocity": [1.0],  # per joint (one value: all joints), rad/s (m/s for slides)
@@ -202,6 +222,11 @@ class PolicyNode(Node):
             raise PolicyRefused("parameter policy_dir is required")
         if not p["switch_interval"] > 0:
             raise PolicyRefused(f"switch_interval must be > 0 s, got {p['switch_interval']}")
+        if not 0 <= p["max_future_s"] < p["safe_after"]:
+            raise PolicyRefused(
+                f"max_future_s must be >= 0 and below safe_after ({p['safe_after']:g} s), "
+                f"got {p['max_future_s']}"
+            )
         if p["image_transport"] not in TRANSPORTS:
             raise PolicyRefused(
                 f"unknown image_transport {p['image_transport']!r}; known: {sorted(TRANSPORTS)}"
@@ -211,7 +236,11 @@ class PolicyNode(Node):
             f"policy {p['policy_dir']} ({policy.card['policy_type']}): execution provider "
             f"{policy.provider} (requested {p['execution_provider']})"
         )
-        self.obs = Observations(p["arms"], p["cameras"], p["max_observation_age"])
+        if warning := unverified_warning(policy.card):
+            log.warning(f"policy {p['policy_dir']}: {warning}")
+        self.obs = Observations(
+            p["arms"], p["cameras"], p["max_observation_age"], p["max_future_s"], self._log
+        )
         for arm in p["arms"]:
             self.create_subscription(
                 JointState, f"/{arm}/joint_states", lambda m, a=arm: self._on_joints(a, m),
@@ -349,11 +378,16 @@ class PolicyNode(Node):
         self.get_logger().warning(text, throttle_duration_sec=1.0)
 
     def _log(self, level: str, text: str) -> None:
+        """The cores' log. rclpy throttles per call site: "event" lines (mode changes, dropped
+        inputs; rare or rate-limited by their core) have a site of their own, never throttled,
+        so a burst of over-budget warnings cannot hide them."""
         log = self.get_logger()
         if level == "error":
             log.error(text, throttle_duration_sec=1.0)
         elif level == "info":
             log.info(text)
+        elif level == "event":
+            log.warning(text)
         else:
             log.warning(text, throttle_duration_sec=1.0)
 

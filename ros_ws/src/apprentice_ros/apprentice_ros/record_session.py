@@ -10,6 +10,11 @@ python -m apprentice_ros.record_session --episodes N [--scripted] [--interactive
   moves the leader arm meanwhile, and sees the episode's time and every stream's live rate
   (a stream under half its nominal rate is marked LOW); each kept episode's quality verdict.
 Prints one row per episode and a summary table; --json writes the rows.
+
+A recorder that dies: `apprentice record` starts a new one and sends this process SIGUSR1.
+A recorder call in flight is given up at once (the dead process will never answer), the episode
+it was recording is reported lost (scripted: a LOST row; interactive: one line, and k/d do not
+act on another episode), and the next call waits until the new recorder answers.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -32,11 +38,20 @@ from std_srvs.srv import Trigger
 from apprentice.recording.monitor import LiveRates, status_line
 from apprentice.timing import RateLoop
 from apprentice_ros.conversions import to_time
-from apprentice_ros.runtime import call_trigger
+from apprentice_ros.runtime import CallAborted, call_trigger
 
 LEADER_RATE_HZ = 100.0  # what a leader arm driver publishes
 SETTLE_S = 0.5  # after a reset, objects drop onto the table
 HOLD_S = 0.5  # after the last waypoint, before the episode stops
+RECORDER_RESTART_S = 60.0  # s for a restarted recorder to answer
+
+
+class RecorderLost(RuntimeError):
+    """The recorder died (and was restarted) during an episode or a call to it."""
+
+    def __init__(self, episode: str | None) -> None:
+        super().__init__(f"the recorder died{f' while recording {episode}' if episode else ''}")
+        self.episode = episode
 
 
 class Session(Node):
@@ -56,19 +71,55 @@ class Session(Node):
         self.create_subscription(Bool, "/sim/success", self._on_success, 10)
         self.recorder_params = AsyncParameterClient(self, "/recorder")
         self._leader_pubs: dict[str, object] = {}
+        # Recorder restarts signalled so far (SIGUSR1, see the module doc), the number the
+        # recorder last answered after, and an event set by each (it ends a scripted demo).
+        self.restarts = 0
+        self._answered_after = 0
+        self.restarted = threading.Event()
+
+    def on_recorder_restart(self, _signum: int, _frame: object) -> None:
+        self.restarts += 1
+        self.restarted.set()
 
     def _on_success(self, msg: Bool) -> None:
         self.success = msg.data
 
     def call(self, name: str, timeout: float = 30.0) -> dict:
-        ok, message = call_trigger(self.trigger_clients[name], timeout)
+        """Calls a Trigger service; for the recorder's, RecorderLost when it dies meanwhile."""
+        client = self.trigger_clients[name]
+        if name == "reset":
+            ok, message = call_trigger(client, timeout)
+        else:
+            self.wait_for_recorder()
+            restarts = self.restarts
+            try:
+                ok, message = call_trigger(client, timeout, lambda: self.restarts != restarts)
+            except CallAborted:
+                raise RecorderLost(None) from None
         info = json.loads(message) if message.startswith("{") else {"message": message}
         if not ok:
-            raise RuntimeError(f"{self.trigger_clients[name].srv_name}: {info}")
+            raise RuntimeError(f"{client.srv_name}: {info}")
         return info
+
+    def wait_for_recorder(self) -> None:
+        """After a restart, until the new recorder answers: a request sent before it is up is
+        never answered (a call would wait out its whole timeout)."""
+        end = time.monotonic() + RECORDER_RESTART_S
+        while self._answered_after != (restarts := self.restarts):
+            try:
+                call_trigger(self.trigger_clients["status"], 2.0)
+            except RuntimeError:
+                if time.monotonic() > end:
+                    raise RuntimeError(
+                        f"the restarted recorder did not answer within {RECORDER_RESTART_S:g} s"
+                    ) from None
+                continue
+            self._answered_after = restarts
 
     def set_episode_info(self, info: dict[str, object], timeout: float = 10.0) -> None:
         """Metadata for the next episode's bag (custom_data), via the recorder's parameters."""
+        self.wait_for_recorder()
+        restarts = self.restarts
         if not self.recorder_params.wait_for_services(timeout_sec=timeout):
             raise RuntimeError("the recorder's parameter services are not available")
         future = self.recorder_params.set_parameters(
@@ -76,6 +127,8 @@ class Session(Node):
         )
         end = time.monotonic() + timeout
         while not future.done():
+            if self.restarts != restarts:
+                raise RecorderLost(None)
             if time.monotonic() > end:
                 raise RuntimeError("setting the recorder's episode_info timed out")
             time.sleep(0.01)
@@ -102,32 +155,52 @@ class Session(Node):
 
 
 def run_scripted(node: Session, episodes: int) -> list[dict]:
+    """`episodes` demonstrations; one the recorder died in is a LOST row and the session goes
+    on with the next (a death before an episode started only delays it)."""
     from apprentice.teleop.scripted import ScriptedDemo
 
     rows = []
-    stop = threading.Event()
-    for i in range(episodes):
+    while len(rows) < episodes:
         sim = node.call("reset")
         demo = ScriptedDemo(sim["scene"], sim["seed"])
         time.sleep(SETTLE_S)
         node.success = False
-        node.set_episode_info({"scene": sim["scene"], "seed": sim["seed"], "source": "scripted"})
-        started = node.call("start")
-        node.play(demo, stop)
-        time.sleep(0.2)  # the last /sim/success message (10 Hz)
-        success = node.success
-        result = node.call("stop")
-        row = {
-            "episode": started["episode"],
-            "seed": sim["seed"],
-            "success": success,
-            "quality": "ok" if result["passed"] else "; ".join(result["reasons"]),
-            "duration_s": round(result["duration_s"], 2),
-            "messages": sum(result["counts"].values()),
-        }
+        try:
+            row = scripted_episode(node, demo, sim)
+        except RecorderLost as exc:
+            if exc.episode is None:
+                print(f"[{len(rows) + 1}/{episodes}] {exc}; starting again", flush=True)
+                continue
+            lost = {"quality": "LOST: the recorder died", "duration_s": 0.0, "messages": 0}
+            row = {"episode": exc.episode, "seed": sim["seed"], "success": False, **lost}
         rows.append(row)
-        print(f"[{i + 1}/{episodes}] " + json.dumps(row), flush=True)
+        print(f"[{len(rows)}/{episodes}] " + json.dumps(row), flush=True)
     return rows
+
+
+def scripted_episode(node: Session, demo, sim: dict) -> dict:
+    """One recorded demonstration; RecorderLost if the recorder dies during it."""
+    node.set_episode_info({"scene": sim["scene"], "seed": sim["seed"], "source": "scripted"})
+    restarts = node.restarts
+    node.restarted.clear()
+    episode = node.call("start")["episode"]
+    node.play(demo, node.restarted)  # a recorder that dies ends the demonstration at once
+    time.sleep(0.2)  # the last /sim/success message (10 Hz)
+    success = node.success
+    try:
+        if node.restarts != restarts:
+            raise RecorderLost(None)
+        result = node.call("stop")
+    except RecorderLost:
+        raise RecorderLost(episode) from None
+    return {
+        "episode": result["episode"],
+        "seed": sim["seed"],
+        "success": success,
+        "quality": "ok" if result["passed"] else "; ".join(result["reasons"]),
+        "duration_s": round(result["duration_s"], 2),
+        "messages": sum(result["counts"].values()),
+    }
 
 
 def _keys():
@@ -169,12 +242,21 @@ class StatusDisplay:
             print(("\r\x1b[K" if self.tty else "") + text, flush=True)
 
     def _run(self) -> None:
+        restarts = self.node.restarts
+        failing = False
         while not self._stop.wait(self.interval):
-            try:
-                status = self.node.call("status", timeout=2.0)
+            try:  # not node.call(): while a restarted recorder comes up, this shows it failing
+                ok, message = call_trigger(self.node.trigger_clients["status"], 2.0)
+                status = json.loads(message)
             except RuntimeError as exc:
-                self.say(f"recorder status: {exc}")
+                if not failing:  # once, until it answers again
+                    self.say(f"recorder status: {exc}")
+                failing = True
                 continue
+            failing = False
+            if restarts != self.node.restarts:  # a new recorder counts from 0
+                restarts = self.node.restarts
+                self.rates = LiveRates()
             width = shutil.get_terminal_size().columns - 1 if self.tty else None
             line = status_line(status, self.rates.update(time.monotonic(), status["seen"]), width)
             with self._lock:
@@ -197,12 +279,23 @@ def run_interactive(node: Session, interval: float | None = None) -> list[dict]:
     rows: list[dict] = []
     display.say("ready; keys: s start, k stop and keep, d discard, q quit")
     display.start()
+    recording: str | None = None  # the episode this session started and has not ended
+    restarts = node.restarts
     try:
         for key in _keys():
+            if restarts != node.restarts:  # the recorder died since the last key
+                restarts = node.restarts
+                if recording is not None:
+                    display.say(f"{recording} was lost with the recorder; s starts a new episode")
+                    recording = None
+                    if key in ("k", "d"):  # not another episode than the one meant
+                        continue
             try:
                 if key == "s":
-                    display.say(f"recording {node.call('start')['episode']}")
+                    recording = node.call("start")["episode"]
+                    display.say(f"recording {recording}")
                 elif key == "k":
+                    recording = None
                     r = node.call("stop")
                     verdict = "ok" if r["passed"] else "FLAGGED: " + "; ".join(r["reasons"])
                     rows.append(
@@ -214,9 +307,14 @@ def run_interactive(node: Session, interval: float | None = None) -> list[dict]:
                     )
                     display.say(f"kept {r['episode']} ({r['duration_s']:.1f} s): {verdict}")
                 elif key == "d":
+                    recording = None
                     display.say(f"discarded {node.call('discard')['episode']}")
                 elif key == "q":
                     break
+            except RecorderLost:
+                restarts = node.restarts
+                display.say(f"{recording or 'the episode'} was lost with the recorder")
+                recording = None
             except RuntimeError as exc:
                 display.say(f"error: {exc}")
     finally:
@@ -248,12 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=1)
     ap.add_argument("--json", help="write the per-episode rows here")
     ap.add_argument(
-        "--status-interval", type=float, help="s between status lines (interactive; 0.5 on a "
-        "terminal, 2 otherwise)"
+        "--status-interval",
+        type=float,
+        help="s between status lines (interactive; 0.5 on a terminal, 2 otherwise)",
     )
     a = ap.parse_args(argv)
     rclpy.init()
     node = Session()
+    signal.signal(signal.SIGUSR1, node.on_recorder_restart)
     spinner = threading.Thread(target=_spin, args=(node,), daemon=True)
     spinner.start()
     try:
@@ -267,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        rclpy.shutdown()
+        rclpy.try_shutdown()  # Ctrl-C may have shut the context down already
         spinner.join(timeout=5)
         node.destroy_node()
     print_table(rows)

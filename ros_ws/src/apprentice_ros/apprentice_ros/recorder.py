@@ -7,7 +7,9 @@ later) is subscribed RELIABLE, and the quality gate flags it if nothing arrives.
 Services (std_srvs/Trigger, JSON replies):
   ~/start    begin an episode          ~/stop     close it, keep it, judge its quality
   ~/discard  stop (or take the last kept episode) and delete its bag
-  ~/status   recording or not, the episode and its length, messages seen per topic
+  ~/status   recording or not, the episode and its length, messages seen per topic, and
+             per topic those stamped more than 0.5 s after they arrived (future_stamps: kept,
+             logged at once then every 5 s, and the episode's quality verdict flags them)
 Subscriptions are raw (the wire CDR bytes go to disk untouched: no deserialize/re-serialize).
 QoS: each topic's publishers are looked up first; the subscription is RELIABLE when they all
 are and BEST_EFFORT when any is (a RELIABLE reader would not match a BEST_EFFORT writer and the
@@ -124,7 +126,7 @@ class RecorderNode(Node):
         self.create_service(Trigger, "~/stop", self._on_stop)
         self.create_service(Trigger, "~/discard", self._on_discard)
         self.create_service(Trigger, "~/status", self._on_status)
-        self.create_timer(0.1, self.core.flush_if_due)  # a quiet stream still reaches the disk
+        self.create_timer(0.1, self._every_100ms)
 
     def _discover(self, names: list[str], timeout: float, required: bool = True) -> dict:
         deadline = time.monotonic() + timeout
@@ -157,6 +159,12 @@ class RecorderNode(Node):
         )
         offered = [_rosbag2_qos(i.qos_profile) for i in infos]
         return types.pop(), qos, yaml.safe_dump(offered)
+
+    def _every_100ms(self) -> None:
+        self.core.flush_if_due()  # a quiet stream still reaches the disk
+        report = self.core.stamp_report(time.monotonic())
+        if report is not None:
+            self.get_logger().warning(report)  # rate-limited by the core
 
     def _on_message(self, topic: str):
         def on_raw(data: bytes) -> None:  # runs once spinning starts, after __init__

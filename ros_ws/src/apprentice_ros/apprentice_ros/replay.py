@@ -32,6 +32,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 
+from apprentice.errors import run_command
 from apprentice.graph import Graph, GraphRunner, load_graph
 from apprentice.recording import EpisodeWriter
 from apprentice.replay import (
@@ -262,8 +263,8 @@ def print_report(r: dict) -> None:
         print(f"  ({arm}: {e['samples']} samples over {e['span_s'][0]:.2f}-{e['span_s'][1]:.2f} s)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="apprentice replay", description=__doc__.splitlines()[0])
     ap.add_argument("bag", help="an episode bag folder (metadata.yaml + .mcap)")
     ap.add_argument("--speed", type=float, default=1.0, help="time scale: 2 plays twice as fast")
     ap.add_argument("--graph", default="sim_aloha", help="sim graph name or YAML path")
@@ -281,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         help="ROS_DOMAIN_ID for the sim and this node (default: a random free one, so that a "
         "replay never commands a robot running on the usual domain)",
     )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     a = ap.parse_args(argv)
     if not a.speed > 0:
         ap.error("--speed must be positive")
@@ -292,13 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     # run Python (~350 messages/s here) for up to the switch interval: 5 ms by default, more
     # than the 5 ms lateness we count; 1 ms bounds that wait.
     sys.setswitchinterval(0.001)
-    try:
-        report = replay(a)
-    except (ValueError, RuntimeError, OSError) as exc:  # OSError: bag missing, --out in use
-        print(f"replay: {exc}", file=sys.stderr)
-        return 1
+    try:  # a missing bag, --out in use, a sim that does not start: one line, exit 2
+        return run_command(_replay_and_report, a, also=(ValueError, RuntimeError, OSError),
+                           prog="apprentice replay")  # fmt: skip
     except KeyboardInterrupt:
         return 130
+
+
+def _replay_and_report(a: argparse.Namespace) -> int:
+    report = replay(a)
     text = json.dumps(report, indent=1)
     Path(report["replay_bag"]).parent.joinpath("report.json").write_text(text)
     if a.json:

@@ -24,13 +24,24 @@ from rclpy.signals import SignalHandlerOptions
 from std_srvs.srv import Trigger
 
 
-def call_trigger(client: Client, timeout: float = 30.0) -> tuple[bool, str]:
-    """Calls a std_srvs/Trigger service from a thread other than the one spinning the node."""
+class CallAborted(RuntimeError):
+    """A service call given up on before its timeout (`abort` said so)."""
+
+
+def call_trigger(
+    client: Client, timeout: float = 30.0, abort: Callable[[], bool] | None = None
+) -> tuple[bool, str]:
+    """Calls a std_srvs/Trigger service from a thread other than the one spinning the node.
+    abort: polled while waiting for the answer; true gives up at once (CallAborted), e.g.
+    when the server is known to have died."""
     if not client.wait_for_service(timeout_sec=timeout):
         raise RuntimeError(f"service {client.srv_name} is not available")
     future = client.call_async(Trigger.Request())
     end = time.monotonic() + timeout
     while not future.done():
+        if abort is not None and abort():
+            client.remove_pending_request(future)
+            raise CallAborted(f"service {client.srv_name}: call abandoned")
         if time.monotonic() > end:
             raise RuntimeError(f"service {client.srv_name} did not answer")
         time.sleep(0.01)

@@ -7,7 +7,10 @@ For each pair "LEADER_NS:FOLLOWER_NS" in `pairs`:
   out  /FOLLOWER_NS/commands      std_msgs/Float64MultiArray, at `rate_hz`
 Service ~/stats (std_srvs/Trigger): JSON counters per pair.
 A leader state older than `max_leader_age` is not followed (the follower holds); after a
-leader outage longer than `restart_after` s the smooth start runs again.
+leader outage longer than `restart_after` s the smooth start runs again. A joint state stamped
+more than `max_future_s` ahead of the host clock, or not newer than the last accepted one of
+its topic, is dropped, counted (~/stats: "leader" / "follower" per pair) and logged (first at
+once, then every 5 s); it never blocks the states after it (apprentice.stamps).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from apprentice.resample import AsOfBuffer
+from apprentice.stamps import ACCEPTED, MAX_FUTURE_S, StampGate
 from apprentice.teleop.follower import Teleop, TeleopConfig
 from apprentice.timing import RateLoop
 from apprentice_ros.conversions import from_time
@@ -41,6 +45,7 @@ DEFAULTS = {
     "ramp_time": 2.0,
     "max_leader_age": 0.1,
     "restart_after": 0.5,
+    "max_future_s": MAX_FUTURE_S,  # s a stamp may be ahead of the host clock (apprentice.stamps)
     "mapping_file": "",  # YAML: {FOLLOWER_NS: {maps: [...], lower: [...], upper: [...]}}
 }
 
@@ -53,6 +58,8 @@ class Pair:
     follower_buf: AsOfBuffer[np.ndarray]
     pub: object
     overrides: dict = field(default_factory=dict)
+    leader_gate: StampGate = field(default_factory=StampGate)
+    follower_gate: StampGate = field(default_factory=StampGate)
     teleop: Teleop | None = None
     stale_since: float | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"published": 0, "stale_ticks": 0})
@@ -76,13 +83,15 @@ class TeleopNode(Node):
                 AsOfBuffer(1.0),
                 self.create_publisher(Float64MultiArray, f"/{follower.strip('/')}/commands", QOS),
                 overrides=(mapping or {}).get(follower.strip("/"), {}),
+                leader_gate=StampGate(p["max_future_s"]),
+                follower_gate=StampGate(p["max_future_s"]),
             )
-            self.create_subscription(
-                JointState, f"/{pair.leader}/joint_states", self._store(pair.leader_buf), QOS
-            )
-            self.create_subscription(
-                JointState, f"/{pair.follower}/joint_states", self._store(pair.follower_buf), QOS
-            )
+            for ns, buf, gate in (
+                (pair.leader, pair.leader_buf, pair.leader_gate),
+                (pair.follower, pair.follower_buf, pair.follower_gate),
+            ):
+                topic = f"/{ns}/joint_states"
+                self.create_subscription(JointState, topic, self._store(topic, buf, gate), QOS)
             self.pairs.append(pair)
         self.create_service(Trigger, "~/stats", self._on_stats)
         self._stop = threading.Event()
@@ -94,10 +103,14 @@ class TeleopNode(Node):
             + ", ".join(f"/{x.leader} → /{x.follower}" for x in self.pairs)
         )
 
-    @staticmethod
-    def _store(buf: AsOfBuffer[np.ndarray]):
+    def _store(self, topic: str, buf: AsOfBuffer[np.ndarray], gate: StampGate):
         def on_msg(msg: JointState) -> None:
-            buf.push(from_time(msg.header.stamp), np.array(msg.position))
+            stamp, received = from_time(msg.header.stamp), time.monotonic()
+            if gate.admit(stamp, time.time(), received) == ACCEPTED:
+                buf.push(stamp, np.array(msg.position))
+            report = gate.report(topic, received)
+            if report is not None:
+                self.get_logger().warning(report)  # rate-limited by the gate
 
         return on_msg
 
@@ -132,8 +145,13 @@ class TeleopNode(Node):
 
     def _on_stats(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         res.success = True
+        now = time.monotonic()
         res.message = json.dumps(
-            {f"/{x.leader}->/{x.follower}": x.counts for x in self.pairs}
+            {
+                f"/{x.leader}->/{x.follower}": x.counts
+                | {"leader": x.leader_gate.stats(now), "follower": x.follower_gate.stats(now)}
+                for x in self.pairs
+            }
             | {"missed_ticks": self._loop.missed}
         )
         return res
