@@ -220,14 +220,11 @@ def home_pose(scene: str, arms: Sequence[str]) -> dict[str, list[float]]:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from apprentice.graph import GraphRunner, write_params_file
-    from apprentice.policy_server.card import PolicyRefused, load_card, unverified_warning
+    from apprentice.policy_server.card import load_card, unverified_warning
     from apprentice.transport import isolated_domain_id, ros_env
 
     policy_dir = Path(a.policy).resolve()
-    try:
-        card = load_card(policy_dir)  # whole, readable, files as exported; or one line, exit 1
-    except PolicyRefused as exc:
-        raise SystemExit(f"eval: {exc}") from None
+    card = load_card(policy_dir)  # whole, readable, files as exported; else one line, exit 2
     if warning := unverified_warning(card):
         print(f"eval: warning: {warning}", file=sys.stderr, flush=True)
     out = Path(a.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}").resolve()

@@ -145,22 +145,21 @@ def cmd_record(a: argparse.Namespace) -> int:
         )
         died = watch(session, runner, recorders, restarting)
     lost.new()
-    if died:
-        for label, code in died:
-            print(f"record: {label} exited ({exit_reason(code)}): "
-                  f"{last_line(logs / f'{label}.log')}", file=sys.stderr)  # fmt: skip
+    for label, code in died:
+        print(f"record: {label} exited ({exit_reason(code)}): "
+              f"{last_line(logs / f'{label}.log')}", file=sys.stderr)  # fmt: skip
+    if not died:
+        entries = DatasetIndex(dataset).list()
+        print(
+            f"dataset {dataset}: {len(entries)} episode(s) kept, "
+            f"{sum(e.passed for e in entries)} passed the quality gate"
+        )
     if lost.episodes:
         say(f"record: {len(lost.episodes)} episode(s) left unfinished by a crash "
             f"({', '.join(lost.episodes)}): {lost.how}")  # fmt: skip
     if died:
         print(f"record: stopped; logs in {logs}", file=sys.stderr)
-        return 1
-    entries = DatasetIndex(dataset).list()
-    print(
-        f"dataset {dataset}: {len(entries)} episode(s) kept, "
-        f"{sum(e.passed for e in entries)} passed the quality gate"
-    )
-    return 1 if lost.episodes else session.returncode or 0
+    return 1 if died or lost.episodes else session.returncode or 0
 
 
 # A recorder that dies during a session is started again, this many times in all (the session

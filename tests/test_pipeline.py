@@ -254,8 +254,8 @@ def test_eval_of_a_corrupt_policy_is_one_line(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "apprentice", "eval", "--policy", str(folder),
                           "--out", str(tmp_path / "eval")], capture_output=True, text=True,
                          timeout=120)  # fmt: skip
-    assert out.returncode != 0, out.stderr
-    assert f"eval: {folder / 'policy.onnx'}: sha256 " in out.stderr, out.stderr
+    assert out.returncode == 2, out.stderr
+    assert f"apprentice: error: {folder / 'policy.onnx'}: sha256 " in out.stderr, out.stderr
     assert "changed since export" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "eval").exists()  # refused before anything ran

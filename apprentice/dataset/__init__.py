@@ -7,13 +7,14 @@
 Importing this package does not import torch (`samples.py` does).
 """
 
-from apprentice.dataset.bag import DatasetError, EpisodeBag
+from apprentice.dataset.bag import CorruptBagError, DatasetError, EpisodeBag
 from apprentice.dataset.builder import EpisodeSource, build_cache, find_episodes
 from apprentice.dataset.cache import DatasetCache, EpisodeRecord, is_cache
 from apprentice.dataset.config import CameraStream, DatasetConfig, JointStream, infer_config
 
 __all__ = [
     "CameraStream",
+    "CorruptBagError",
     "DatasetCache",
     "DatasetConfig",
     "DatasetError",

@@ -111,9 +111,13 @@ def _camera_info(header, hw: tuple[int, int], fx: float):
 
 
 def write_episode(
-    bag_dir: str | Path, spec: SyntheticEpisode = SyntheticEpisode(), seed: int = 0
+    bag_dir: str | Path,
+    spec: SyntheticEpisode = SyntheticEpisode(),
+    seed: int = 0,
+    config: WriterConfig | None = None,
 ) -> Path:
-    """Writes one episode bag with `apprentice.recording.EpisodeWriter`; returns its folder."""
+    """Writes one episode bag with `apprentice.recording.EpisodeWriter`; returns its folder.
+    config: how chunks are cut (default: the recorder's, without fsync)."""
     rng = np.random.default_rng(seed + 1000)
     t0_ns = int(spec.start_time_s * 1e9)
     messages: list[tuple[int, str, bytes]] = []  # (log time ns, topic, cdr)
@@ -166,7 +170,7 @@ def write_episode(
 
     bag_dir = Path(bag_dir)
     # No fsync: these are throwaway episodes, and tests write many.
-    config = WriterConfig(fsync_on_close=False)
+    config = config or WriterConfig(fsync_on_close=False)
     with EpisodeWriter(bag_dir, task="synthetic", config=config) as writer:
         for topic, msgtype in spec.topics.items():
             writer.add_topic(topic, msgtype)

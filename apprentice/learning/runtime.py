@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from apprentice.errors import UserError
 from apprentice.learning.diffusion.scheduler import NoiseSchedule, ddim_sample
 from apprentice.learning.normalize import NormStats
 
@@ -35,7 +36,7 @@ UNVERIFIED = (
 )
 
 
-class PolicyRefused(Exception):
+class PolicyRefused(UserError):
     """The policy must not run (here, or on this robot); the message says every reason."""
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from mcap.reader import make_reader
 
 from apprentice.stamps import MAX_FUTURE_S
 
@@ -203,12 +202,18 @@ def assess_bag(
     config: QualityConfig | None = None,
     recorder_drops: int = 0,
 ) -> QualityVerdict:
-    """Runs the gate over a finished (or recovered) bag."""
+    """Runs the gate over a finished (or recovered) bag, read by the one checked bag reader:
+    a bag that does not hold what its summary and metadata.yaml say (cut, torn, a chunk lost)
+    fails the gate with that as its reason."""
+    # imported here: the reader decodes images (OpenCV), which a recorder does not need to start
+    from apprentice.dataset.bag import DatasetError, EpisodeBag
+
     tracker = QualityTracker(specs)
-    for path in sorted(Path(bag_dir).glob("*.mcap")):
-        with open(path, "rb") as f:
-            for _, channel, message in make_reader(f).iter_messages(log_time_order=False):
-                tracker.observe(channel.topic, message.data, message.log_time)
+    try:
+        for topic, _, message in EpisodeBag(bag_dir).messages([s.name for s in specs]):
+            tracker.observe(topic, message.data, message.log_time)
+    except DatasetError as e:
+        return QualityVerdict(False, (f"unreadable bag: {e}",), 0.0, recorder_drops=recorder_drops)
     return tracker.verdict(config, recorder_drops)
 
 

@@ -190,3 +190,28 @@ def test_idle_start_is_trimmed_to_the_last_still_frame(tmp_path) -> None:
         trimmed.images(np.asarray(0)), kept.images(np.asarray(n_cut))
     )
     assert idle_start_steps(np.zeros((5, 3)), 0.01) == 0  # never moves: nothing dropped
+
+
+def test_dataset_build_leaves_out_flagged_episodes_and_says_so(raw_bags, tmp_path, capsys) -> None:
+    """A recording's index.json: episodes the quality gate flagged are left out by default,
+    each named with the gate's reasons; --include-flagged takes them."""
+    from apprentice.recording import DatasetIndex
+    from apprentice.recording.index import EpisodeEntry
+
+    rec = tmp_path / "rec"
+    shutil.copytree(raw_bags, rec)
+    index = DatasetIndex(rec)
+    lost = "/follower/joint_states: 2.6 % of messages lost"
+    for i, bag in enumerate(sorted(p.name for p in rec.iterdir() if p.is_dir())):
+        why = (lost,) if i == 1 else ()
+        index.append(EpisodeEntry(bag, "", 0, 1.5, {}, not why, why, bag))
+    base = ["dataset", "build", str(rec), "--image-hw", *map(str, HW), "--val-fraction", "0.25"]
+    assert main([*base, "--out", str(tmp_path / "gated")]) == 0
+    out = capsys.readouterr().out
+    assert f"left out episode_0001: quality gate: {lost}" in out, out
+    assert "1 flagged episode(s) left out; --include-flagged includes them" in out, out
+    assert [e.episode_id for e in DatasetCache(tmp_path / "gated").episodes] == [
+        "episode_0000", "episode_0002", "episode_0003"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "all"), "--include-flagged"]) == 0
+    assert "left out" not in capsys.readouterr().out
+    assert len(DatasetCache(tmp_path / "all").episodes) == 4

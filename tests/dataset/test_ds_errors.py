@@ -10,6 +10,7 @@ import pytest
 
 from apprentice.dataset import (
     CameraStream,
+    CorruptBagError,
     DatasetError,
     EpisodeBag,
     JointStream,
@@ -63,7 +64,7 @@ def test_corrupt_chunk_fails_crc(bags, tmp_path) -> None:
     data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
     mcap.write_bytes(bytes(data))
     with pytest.raises(
-        DatasetError, match=r"ep1_0\.mcap: reading messages failed .*(CRCValidation|Zstd)Error"
+        CorruptBagError, match=r"ep1_0\.mcap: chunk at byte \d+: (CRCValidation|Zstd)Error"
     ):
         _build(bags, cfg, tmp_path)
 

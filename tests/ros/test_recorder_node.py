@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -217,3 +218,112 @@ def test_queue_depth_holds_two_seconds_of_each_stream() -> None:
     assert queue_depth(333.3) == 667  # rounded up, never below 2 s
     assert queue_depth(30.0) == 100  # slow streams keep the floor
     assert queue_depth(0.5) == 100
+
+
+class Lines:
+    """A child's output, line by line, on a thread: wait for a line without blocking forever."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float, start: int = 0) -> tuple[int, str]:
+        """(index, line) of the first line from `start` on that holds `text`."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(start, len(self.lines)):
+                    if text in self.lines[i]:
+                        return i, self.lines[i]
+                if not self._cond.wait(max(0.0, end - time.monotonic())):
+                    raise AssertionError(f"no {text!r} in {timeout} s:\n{''.join(self.lines)}")
+
+
+def child_pid(parent: int, module: str) -> int:
+    """The child process of `parent` that runs `python -m <module>`."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and module.encode() in cmdline:
+            return int(stat.parent.name)
+    raise AssertionError(f"no child {module} of {parent}")
+
+
+def test_record_goes_on_after_the_recorder_is_killed(pubs, tmp_path) -> None:
+    """`apprentice record` with a recorder that is killed mid-episode: one line within a
+    second or two names the episode and the command that recovers it, a new recorder is
+    started, the next episode is recorded, and the exit code (1) says something was lost."""
+    graph = tmp_path / "recorder_only.yaml"
+    graph.write_text(
+        json.dumps(
+            {
+                "name": "recorder_only",
+                "processes": [
+                    {"executable": "recorder", "label": "recorder",
+                     "parameters": {"dataset_dir": "", "task": "test task", "topics": TOPICS}},
+                ],
+            }
+        )
+    )  # fmt: skip
+    dataset = tmp_path / "ds"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apprentice", "record", "--graph", str(graph), "--interactive",
+         "--dataset", str(dataset), "--domain", os.environ["ROS_DOMAIN_ID"]],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    out = Lines(proc.stdout)
+
+    def key(k: str) -> None:
+        proc.stdin.write(k + "\n")
+        proc.stdin.flush()
+
+    try:
+        out.wait_for("ready; keys", 60)
+        key("s")
+        out.wait_for("recording episode_0000", 30)
+        time.sleep(1.5)
+        os.kill(child_pid(proc.pid, "apprentice_ros.recorder"), signal.SIGKILL)
+        killed = time.monotonic()
+        i, died = out.wait_for("record: the recorder died", 10)
+        noticed_s = time.monotonic() - killed
+        key("k")  # meant for the lost episode: must not stop (or keep) another one
+        out.wait_for("episode_0000 was lost with the recorder", 30, i)
+        key("s")
+        j, _ = out.wait_for("recording episode_0001", 60, i)
+        time.sleep(1.5)
+        key("k")
+        out.wait_for("kept episode_0001", 30, j)
+        key("q")
+        assert proc.wait(timeout=60) == 1, "".join(out.lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = "".join(out.lines)
+    assert noticed_s < 3.0, log
+    assert "killed by SIGKILL" in died and "while recording episode_0000" in died, died
+    assert f"`apprentice recover {dataset}`" in died and "restarting" in died, died
+    assert "kept episode_0000" not in log and "Traceback" not in log, log
+    assert f"(episode_0000): recover with `apprentice recover {dataset}`" in out.lines[-1], log
+
+    assert [e.episode_id for e in DatasetIndex(dataset).list()] == ["episode_0001"]
+    assert needs_recovery(dataset / "episode_0000")
+    recover = [sys.executable, "-m", "apprentice", "recover", str(dataset)]
+    first = subprocess.run(recover, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.startswith("recovering episode_0000 (episode_0000_0.mcap, "), first.stdout
+    assert "\nrecovered episode_0000: " in first.stdout, first.stdout
+    entry = DatasetIndex(dataset).get("episode_0000")
+    assert entry.recovered and entry.topic_counts["/test/joint_states"] > 50, entry
+    again = subprocess.run(recover, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout == f"{dataset}: nothing to recover\n"

@@ -281,22 +281,28 @@ def run_interactive(node: Session, interval: float | None = None) -> list[dict]:
     display.start()
     recording: str | None = None  # the episode this session started and has not ended
     restarts = node.restarts
+
+    def lost() -> None:
+        nonlocal recording, restarts
+        restarts = node.restarts
+        what = f"{recording} was lost with the recorder" if recording else "the recorder died"
+        display.say(f"{what}; s starts a new episode")
+        recording = None
+
     try:
         for key in _keys():
             if restarts != node.restarts:  # the recorder died since the last key
-                restarts = node.restarts
-                if recording is not None:
-                    display.say(f"{recording} was lost with the recorder; s starts a new episode")
-                    recording = None
-                    if key in ("k", "d"):  # not another episode than the one meant
-                        continue
+                was_recording = recording is not None
+                lost()
+                if was_recording and key in ("k", "d"):  # meant for the lost episode
+                    continue
             try:
                 if key == "s":
                     recording = node.call("start")["episode"]
                     display.say(f"recording {recording}")
                 elif key == "k":
-                    recording = None
                     r = node.call("stop")
+                    recording = None
                     verdict = "ok" if r["passed"] else "FLAGGED: " + "; ".join(r["reasons"])
                     rows.append(
                         {
@@ -307,14 +313,12 @@ def run_interactive(node: Session, interval: float | None = None) -> list[dict]:
                     )
                     display.say(f"kept {r['episode']} ({r['duration_s']:.1f} s): {verdict}")
                 elif key == "d":
-                    recording = None
                     display.say(f"discarded {node.call('discard')['episode']}")
+                    recording = None
                 elif key == "q":
                     break
             except RecorderLost:
-                restarts = node.restarts
-                display.say(f"{recording or 'the episode'} was lost with the recorder")
-                recording = None
+                lost()
             except RuntimeError as exc:
                 display.say(f"error: {exc}")
     finally:
