@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 from apprentice.errors import run_command
+from apprentice.eval_cli import add_subcommands as add_eval_subcommands
 from apprentice.graph import GraphRunner
 from apprentice.learning.train_cli import add_subcommands as add_learning_subcommands
 from apprentice.pipeline import add_demo_arguments, run_demo
-from apprentice.pipeline import add_subcommands as add_pipeline_subcommands
 from apprentice.robot_cli import add_hardware_arguments, args_graph, preflight
 from apprentice.robot_cli import add_subcommands as add_robot_subcommands
 from apprentice.transport import ros_env
@@ -110,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
     recov.add_argument("dataset", help="dataset folder (its episode bags and index.json)")
     recov.set_defaults(func=cmd_recover)
     add_learning_subcommands(sub)  # dataset build, train, export (torch imported only to run)
-    add_pipeline_subcommands(sub)  # eval
+    add_eval_subcommands(sub)  # eval, eval compare
     sub.add_parser("list-devices", help="serial ports and cameras").set_defaults(
         func=cmd_list_devices
     )

@@ -162,7 +162,7 @@ def cmd_record(a: argparse.Namespace) -> int:
     return 1 if died or lost.episodes else session.returncode or 0
 
 
-# A recorder that dies during a session is started again, this many times in all (the session
+# A recorder killed during a session is started again, this many times in all (the session
 # goes on with the next episode); one that keeps dying stops the session.
 RECORDER_RESTARTS = 3
 
@@ -210,15 +210,20 @@ def watch(
     restartable: set[str] | frozenset[str] = frozenset(),
     on_restart: Callable[[str, int], None] | None = None,
 ) -> list[tuple[str, int]]:
-    """Waits for the session. A `restartable` process that dies is started again (at most
-    RECORDER_RESTARTS times; `on_restart(label, exit code)` first) and the session told with
-    SIGUSR1, and it goes on. Any other process that dies first interrupts the session
-    (SIGINT: it restores the terminal); the dead processes are returned."""
+    """Waits for the session. A `restartable` process killed by a signal (kill -9, the OOM
+    killer, a crash in C code) is started again, at most RECORDER_RESTARTS times
+    (`on_restart(label, exit code)` first), the session is told (SIGUSR1) and goes on; one that
+    exited by itself printed why, and a restart would only repeat it. Any other death
+    interrupts the session (SIGINT: it restores the terminal); the dead are returned."""
     restarts = 0
     try:
         while session.poll() is None:
             died = runner.poll()
-            if died and restarts < RECORDER_RESTARTS and {lb for lb, _ in died} <= restartable:
+            if (
+                died
+                and restarts < RECORDER_RESTARTS
+                and all(label in restartable and code < 0 for label, code in died)
+            ):
                 for label, code in died:
                     if on_restart is not None:
                         on_restart(label, code)

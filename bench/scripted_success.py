@@ -1,10 +1,11 @@
-"""Success rate of the scripted ALOHA demonstrators, replayed headless in joint space.
+"""Success rate of the scripted demonstrators (ALOHA, SO-100), replayed headless in joint space.
 
 Each seed: plan the demo (waypoints -> IK at 50 Hz), then replay it as a follower would (every
 20 ms write the joint targets, step 10 physics steps at 500 Hz) into a fresh MujocoWorld with
 the same seed. Success = the task's last stage holds at the end of the episode; "max" is the
-highest stage reached at any tick (ACT counts an episode by its highest reward).
-Run: python bench/scripted_success.py [--seeds 50] [--scene aloha_insertion]
+highest stage reached at any tick (ACT counts an episode by its highest reward). The interval
+is Wilson's score interval at 95 %.
+Run: python bench/scripted_success.py [--seeds 50] [--scene so100_lift]
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ import time
 import numpy as np
 
 from apprentice.teleop.scripted import SCRIPTS, ScriptedDemo, replay_headless
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (95 % at z = 1.96)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
 
 
 def run(scene: str, seeds: range) -> list[dict]:
@@ -45,9 +54,11 @@ def report(scene: str, rows: list[dict]) -> None:
     n = len(rows)
     ok = sum(r["success"] for r in rows)
     reached = sum(r["max_stage"] == r["final"].max_stage for r in rows)
+    lo, hi = wilson(ok, n)
     print(
-        f"\n{scene}: {ok}/{n} succeed at the end ({100 * ok / n:.0f} %), {reached}/{n} reach "
-        f"the last stage at some tick; IK converged on {sum(r['ik'] for r in rows)}/{n}"
+        f"\n{scene}, seeds {rows[0]['seed']}-{rows[-1]['seed']}: {ok}/{n} succeed at the end "
+        f"({100 * ok / n:.0f} %, 95 % interval {100 * lo:.1f}-{100 * hi:.1f} %), {reached}/{n} "
+        f"reach the last stage at some tick; IK converged on {sum(r['ik'] for r in rows)}/{n}"
     )
     print(
         f"  max joint step per 20 ms tick: {max(r['step'] for r in rows):.3f} rad; "

@@ -128,8 +128,12 @@ class Observations:
 
     def age(self, t: float, t_mono: float) -> float:
         """The watchdog's observation age (s): the stalest stream's; inf if a stream never
-        delivered."""
-        return max(self.ages(t, t_mono).values(), default=math.inf)
+        delivered. Once per control tick."""
+        with self._gate_lock:
+            return max(
+                (max(t - g.last_stamp, g.age(t_mono)) for g in self.gates.values()),
+                default=math.inf,
+            )
 
     def staleness(self, t: float, t_mono: float) -> str:
         """Which stream is stalest and why, for the log."""

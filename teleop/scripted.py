@@ -79,8 +79,10 @@ def radial(rotation: np.ndarray, position: np.ndarray, base: np.ndarray) -> np.n
     axis, through `position`. Shoulder, elbow and wrist_angle all bend in that vertical plane,
     so such a pose needs no forearm roll; off it, near wrist_angle = 0, it needs a large one."""
     approach, away = rotation[:2, 0], position[:2] - base[:2]
-    if np.linalg.norm(approach) < 1e-6 or np.linalg.norm(away) < 1e-6:
-        return rotation  # fingers vertical, or the point on the waist axis: any yaw will do
+    # Fingers (within 0.06°) vertical, or the point on the waist axis: any yaw will do. (The
+    # SO-100's home pose points its jaws down but for 4e-6 of horizontal: that is no direction.)
+    if np.linalg.norm(approach) < 1e-3 or np.linalg.norm(away) < 1e-6:
+        return rotation
     yaw = np.arctan2(away[1], away[0]) - np.arctan2(approach[1], approach[0])
     c, s = np.cos(yaw), np.sin(yaw)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ rotation
@@ -161,6 +163,7 @@ class PoseIK:
         self.data = mujoco.MjData(model)
         self.body = model.body(arm.ee_body).id
         self.offset = np.array(arm.ee_offset, dtype=float)
+        self.axes = np.array(arm.ee_axes, dtype=float).T  # (3, 3) gripper frame in body frame
         joints = [model.joint(j).id for j in arm.mjcf_joints[:-1]]  # last is the gripper
         self.qadr = np.array([model.jnt_qposadr[j] for j in joints])
         self.dofs = np.array([model.jnt_dofadr[j] for j in joints])
@@ -179,8 +182,8 @@ class PoseIK:
         self.data.qpos[self.qadr] = q
         mujoco.mj_kinematics(self.model, self.data)
         mujoco.mj_comPos(self.model, self.data)  # mj_jac needs the com-based frames
-        rot = self.data.xmat[self.body].reshape(3, 3).copy()
-        return self.data.xpos[self.body] + rot @ self.offset, rot
+        rot = self.data.xmat[self.body].reshape(3, 3)
+        return self.data.xpos[self.body] + rot @ self.offset, rot @ self.axes
 
     def solve(
         self,
@@ -364,9 +367,52 @@ def insertion(scene: Scene) -> dict[str, list[Waypoint]]:
     return arms
 
 
+# SO-100 jaw angles (rad). Open: the moving jaw's pads 4-6 cm from the fixed jaw's, room on
+# both sides of a 2.5 cm cube. Closed: the jaw's lower limit, commanded while holding so the jaw
+# squeezes (the servo's stall torque, 3.35 N·m in the scene, presses ~40 N at the pads).
+SO_JAW_OPEN = 0.7
+SO_JAW_CLOSED = -0.2
+# The cube's centre from the ee point, in the gripper frame (approach, closing, normal), m:
+# 1.5 cm further along the jaws (their tips 4 mm above the table), its face 4 mm short of the
+# fixed jaw's pads (the arm tracks to a few mm; closing then slides the cube 4 mm onto them).
+SO_CUBE_GRASP = (0.015, -0.0025, 0.0)
+
+
+def top_down_frame(base: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Jaws pointing straight down, closing along whichever of the cube's face normals (±x,
+    ±y: the scene never turns it) is nearest the jaw's closing axis with no wrist roll there,
+    so |wrist_roll| ≤ 45°. The SO-100 has 5 joints: a pitched grasp keeps its jaws in the
+    vertical plane through the pan axis, square to the cube's faces only where that plane is;
+    pointing down, the roll can square them anywhere."""
+    out = position[:2] - base[:2]
+    natural = np.array([-out[1], out[0]])  # closing axis at roll 0: the plane's normal
+    normals = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    closing = normals[np.argmax(normals @ natural)]
+    return gripper_frame(np.array([0.0, 0.0, -1.0]), np.append(closing, 0.0))
+
+
+def so100_lift(scene: Scene) -> dict[str, list[Waypoint]]:
+    """Above the cube, down around it, close, lift 8 cm, hold (5 s)."""
+    cube = scene.objects["box"]
+    frame = top_down_frame(scene.ik["arm"].base, cube)
+    grasp = cube - frame @ np.array(SO_CUBE_GRASP)
+    open_, closed = SO_JAW_OPEN, SO_JAW_CLOSED
+    return {
+        "arm": [
+            scene.start("arm"),
+            Waypoint(1.5, grasp + [0, 0, 0.06], frame, open_, through=True),  # above the cube
+            Waypoint(2.2, grasp, frame, open_),  # down around it
+            Waypoint(2.8, grasp, frame, closed),  # close
+            Waypoint(3.8, grasp + [0, 0, 0.08], frame, closed),  # lift
+            Waypoint(5.0, grasp + [0, 0, 0.08], frame, closed),  # hold
+        ]
+    }
+
+
 SCRIPTS: dict[str, Callable[[Scene], dict[str, list[Waypoint]]]] = {
     "aloha_transfer_cube": transfer_cube,
     "aloha_insertion": insertion,
+    "so100_lift": so100_lift,
 }
 
 

@@ -26,11 +26,13 @@ def export_tiny_act(
     spread: float = 0.05,
     rate_hz: float = 50.0,
     intrinsics: dict[str, dict] | None = None,
+    train_seeds: Sequence[int] | None = None,
 ) -> Path:
     """Exports into `folder`. Normalization stats are fitted to samples around `home` (state,
     spread 2×) and `home + action_offset` (actions), so outputs land near there. intrinsics:
     per camera the camera it was "trained" on, as the card's "source" ({"width", "height",
-    "k", "d", "distortion_model"}; apprentice.dataset.images.camera_info_record)."""
+    "k", "d", "distortion_model"}; apprentice.dataset.images.camera_info_record). train_seeds:
+    the scene seeds the card says it was trained on."""
     torch.manual_seed(0)
     n = len(joints)
     cfg = ActConfig(
@@ -48,7 +50,7 @@ def export_tiny_act(
     policy.normalizer.set_stats("action", NormStats.fit(action, "mean_std"))
     export_onnx(policy, folder, joint_names=list(joints), camera_names=list(cameras),
                 control_rate_hz=rate_hz, data_index_hash="sha256:test",
-                camera_sources=intrinsics)  # fmt: skip
+                camera_sources=intrinsics, train_seeds=train_seeds)  # fmt: skip
     return folder
 
 

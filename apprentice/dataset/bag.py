@@ -196,12 +196,13 @@ class EpisodeBag:
         for cid, n in read.items():
             topic = summary.channels[cid].topic
             totals[topic] = totals.get(topic, 0) + n
-        for topic, n in sorted(totals.items()):
-            if n != self.counts[topic]:
-                raise CorruptBagError(
-                    f"{self.mcap_path}: {topic}: read {n} messages, the bag's summary says "
-                    f"{self.counts[topic]}"
-                )
+        wrong = [
+            f"{topic}: read {n} messages, the bag's summary says {self.counts[topic]}"
+            for topic, n in sorted(totals.items())
+            if n != self.counts[topic]
+        ]
+        if wrong:
+            raise CorruptBagError(f"{self.mcap_path}: {'; '.join(wrong)}")
 
     def _typed(self, message: Message) -> tuple[str, str, Message]:
         channel = self._summary.channels[message.channel_id]

@@ -42,6 +42,9 @@ class EpisodeRecord:
     split: Literal["train", "val"]
     task: str
     mcap_sha256: str
+    # the simulated scene's seed (the bag's custom_data "seed"); None for a recording without
+    # one (a person teleoperating) and in caches built before the builder kept it
+    seed: int | None = None
 
     @property
     def stop(self) -> int:
@@ -103,6 +106,26 @@ class DatasetCache:
 
     def split_episodes(self, split: Split) -> list[EpisodeRecord]:
         return [e for e in self.episodes if split == "all" or e.split == split]
+
+    def scene_seeds(self) -> list[int] | None:
+        """The scene seeds of every episode (both splits: a validation episode's scene was seen
+        too), sorted; an eval on them would measure recall. From the records, or for a cache
+        built before they kept the seed, from each bag's custom_data where the bag is still
+        there (so incomplete when some bags are gone). None when no episode's seed is known
+        (recordings of a person, not of a seeded scene)."""
+        from apprentice.dataset.bag import EpisodeBag
+
+        seeds = set()
+        for e in self.episodes:
+            seed = e.seed
+            if seed is None and Path(e.bag).is_dir():
+                try:
+                    seed = EpisodeBag(e.bag).custom_data.get("seed")
+                except (OSError, ValueError):  # moved, damaged: its seed is unknown
+                    seed = None
+            if seed is not None:
+                seeds.add(int(seed))
+        return sorted(seeds) if seeds else None
 
     # -- arrays ------------------------------------------------------------------------------
     def array(self, name: str) -> np.memmap:

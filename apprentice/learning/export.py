@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +103,15 @@ def make_card(
     data_index_hash: str,
     state_names: list[str] | None = None,
     camera_sources: dict[str, dict[str, Any]] | None = None,
+    train_seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The policy card. Validates names against the config.
 
     camera_sources: per camera name, the camera as trained (its CameraInfo as the dataset
     recorded it, `apprentice.dataset.images.camera_info_record`); it becomes the camera's
-    "source" in the card, which the policy node checks the live camera's lens against."""
+    "source" in the card, which the policy node checks the live camera's lens against.
+    train_seeds: the simulated scenes' seeds of the training data (`DatasetCache.scene_seeds`);
+    `apprentice eval` refuses to evaluate on them. Absent from the card when None."""
     cfg = policy.cfg
     state_names = list(joint_names if state_names is None else state_names)
     if len(joint_names) != cfg.action_dim:
@@ -155,6 +159,8 @@ def make_card(
         "onnx_opset": OPSET,
         "torch_version": torch.__version__,
     }
+    if train_seeds is not None:
+        card["train_seeds"] = sorted({int(s) for s in train_seeds})
     if isinstance(policy, ActPolicy):
         card |= {
             "chunk_size": cfg.chunk_size,
@@ -219,6 +225,7 @@ def export_onnx(
     data_index_hash: str,
     state_names: list[str] | None = None,
     camera_sources: dict[str, dict[str, Any]] | None = None,
+    train_seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Writes the graph(s) and `policy_card.json` into `out_dir`; returns the card, whose
     "files" holds each written file's {"sha256", "bytes"}.
@@ -234,6 +241,7 @@ def export_onnx(
         data_index_hash=data_index_hash,
         state_names=state_names,
         camera_sources=camera_sources,
+        train_seeds=train_seeds,
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

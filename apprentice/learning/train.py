@@ -801,6 +801,7 @@ def export_run(
     policy = load_policy(ckpt / weights)
     data = run["dataset"]
     out = Path(out) if out is not None else run_dir / "policy"
+    cache = DatasetCache(data["cache"])
     card = export_onnx(
         policy,
         out,
@@ -810,9 +811,9 @@ def export_run(
         control_rate_hz=data["control_rate_hz"],
         data_index_hash=data["data_index_hash"],
         camera_sources={c["name"]: c.get("source") for c in data["cameras"]},
+        train_seeds=cache.scene_seeds(),  # scenes an eval must not reuse
     )
     runner = load_onnx_policy(out)
-    cache = DatasetCache(data["cache"])
     split = "val" if cache.split_episodes("val") else "train"
     sample = torch.utils.data.default_collate(
         [_samples(policy.policy_type, cache, split, policy.cfg)[0]]

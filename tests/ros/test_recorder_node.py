@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+from child_processes import Lines, child_pid
 from rclpy.node import Node
 from rosbags.highlevel import AnyReader
 from sensor_msgs.msg import Image, JointState
@@ -218,45 +219,6 @@ def test_queue_depth_holds_two_seconds_of_each_stream() -> None:
     assert queue_depth(333.3) == 667  # rounded up, never below 2 s
     assert queue_depth(30.0) == 100  # slow streams keep the floor
     assert queue_depth(0.5) == 100
-
-
-class Lines:
-    """A child's output, line by line, on a thread: wait for a line without blocking forever."""
-
-    def __init__(self, stream) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-
-    def wait_for(self, text: str, timeout: float, start: int = 0) -> tuple[int, str]:
-        """(index, line) of the first line from `start` on that holds `text`."""
-        end = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for i in range(start, len(self.lines)):
-                    if text in self.lines[i]:
-                        return i, self.lines[i]
-                if not self._cond.wait(max(0.0, end - time.monotonic())):
-                    raise AssertionError(f"no {text!r} in {timeout} s:\n{''.join(self.lines)}")
-
-
-def child_pid(parent: int, module: str) -> int:
-    """The child process of `parent` that runs `python -m <module>`."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and module.encode() in cmdline:
-            return int(stat.parent.name)
-    raise AssertionError(f"no child {module} of {parent}")
 
 
 def test_record_goes_on_after_the_recorder_is_killed(pubs, tmp_path) -> None:

@@ -126,7 +126,7 @@ def test_demo_is_a_function_of_scene_and_seed() -> None:
     for body in ("peg", "socket"):
         np.testing.assert_allclose(a.context.objects[body][:2], world.object_position(body)[:2])
     with pytest.raises(ValueError, match="no scripted demo"):
-        ScriptedDemo("so100_lift", seed=0)
+        ScriptedDemo("no_such_scene", seed=0)
 
 
 def test_pose_ik_recovers_reachable_poses() -> None:

@@ -15,7 +15,9 @@ history across an e-stop/rearm, so a rearm after a reset would blend chunks pred
 previous episode's last pose into the first second of the next. A fresh process starts empty,
 measures the reset pose and ramps from it, exactly like the first episode; it costs ~2-3 s.
 
-Prints one JSON row per episode; --json writes the rows.
+Prints one JSON row per episode; --json writes the rows, after every episode (a long run that
+stops keeps the episodes it finished). A row's `max_stage` is the highest /sim/task_stage seen
+while the policy ran: the per-stage rates are computed from it (apprentice.evaluation).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, Int32
 from std_srvs.srv import Trigger
 
+from apprentice.eval_cli import plot_joints, write_video
 from apprentice.graph import stop_processes
-from apprentice.pipeline import plot_joints, write_video
 from apprentice_ros.conversions import from_time, image_to_array
 from apprentice_ros.runtime import call_trigger
 
@@ -240,14 +242,23 @@ def main(argv: list[str] | None = None) -> int:
             row = run_episode(node, i, a, out)
             rows.append(row)
             print(f"[{i + 1}/{a.episodes}] " + json.dumps(row), flush=True)
+            if a.json:
+                _write_rows(rows, Path(a.json))
     finally:
         stop.set()
         spinner.join(timeout=5)
         node.destroy_node()
         rclpy.shutdown()
         if a.json:
-            Path(a.json).write_text(json.dumps(rows, indent=2))
+            _write_rows(rows, Path(a.json))
     return 0
+
+
+def _write_rows(rows: list[dict], path: Path) -> None:
+    """Through a temporary file and a rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(rows, indent=2))
+    tmp.replace(path)
 
 
 def _spin(node: Node, stop: threading.Event) -> None:
