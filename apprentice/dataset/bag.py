@@ -117,14 +117,22 @@ class EpisodeBag:
             raise DatasetError(
                 f"{meta_path}: storage {info.get('storage_identifier')!r}, need mcap"
             )
-        files = [self.path / f for f in info.get("relative_file_paths", [])]
+        listed_files = info.get("relative_file_paths")
+        files = (
+            [self.path / f for f in listed_files if isinstance(f, str)]
+            if isinstance(listed_files, list)
+            else []
+        )
         if len(files) != 1 or not files[0].exists():
             raise DatasetError(
                 f"{self.path}: expected the one .mcap that metadata.yaml lists "
-                f"({info.get('relative_file_paths')}), found {[m.name for m in mcaps]}"
+                f"({listed_files}), found {[m.name for m in mcaps]}"
             )
         self.mcap_path = files[0]
-        self.custom_data: dict[str, str] = dict(info.get("custom_data") or {})
+        custom = info.get("custom_data") or {}
+        if not isinstance(custom, dict):
+            raise CorruptBagError(f"{meta_path}: custom_data is not a map: {custom!r}")
+        self.custom_data: dict[str, str] = dict(custom)
         listed = _metadata_counts(meta_path, info)
         with open(self.mcap_path, "rb") as f:
             summary = _read_summary(f, self.mcap_path)

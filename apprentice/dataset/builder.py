@@ -1,11 +1,14 @@
 """Episode bags → the training cache (`cache.py`): resampled, decoded, resized, split, hashed.
 
 Per episode:
-  1. open the bag (metadata.yaml + MCAP summary; a truncated file is refused here) and check
-     every configured topic: recorded, of an accepted type, not empty;
-  2. decode the topics in one CRC-checked pass (`bag.py`); check joint names, and each
-     camera's camera_info (when recorded: constant within the episode, and the same in every
-     episode; it goes into the cache metadata and the policy card as the camera's "source");
+  1. open the bag (metadata.yaml + MCAP summary, whose message counts must agree; a
+     truncated file is refused here) and check every configured topic: recorded, of an
+     accepted type, not empty;
+  2. decode the topics in one checked pass (`bag.py`: each chunk against its index and CRC,
+     each topic's count against the summary: a bag that reads short is an error, never a
+     smaller dataset); check joint names, and each camera's camera_info (when recorded:
+     constant within the episode, and the same in every episode; it goes into the cache
+     metadata and the policy card as the camera's "source");
   3. build the control grid from the latest first stamp to the earliest last stamp over all
      streams (`control_grid`), so every stream has started and none has ended;
   4. take each stream's as-of sample at every grid time (`asof_indices`, the rule the policy
