@@ -90,6 +90,12 @@ class _Episode:
     task: str
     sha256: str
     sources: list[dict | None]  # per camera: its camera_info record, None if not recorded
+    seed: int | None  # the simulated scene's seed (custom_data); None for a person's demo
+
+
+def _seed(bag: EpisodeBag) -> int | None:
+    seed = str(bag.custom_data.get("seed", ""))
+    return int(seed) if seed.lstrip("-").isdigit() else None
 
 
 def _select(
@@ -195,6 +201,7 @@ def _read_episode(
         task=bag.task,
         sha256=bag.sha256(),
         sources=[images[cam.topic].info for cam in cfg.cameras],
+        seed=_seed(bag),
     )
 
 
@@ -344,11 +351,11 @@ def _build_into(
         n = ep.stamps.shape[0]
         records.append(
             {"episode_id": source.episode_id, "bag": str(source.bag_dir.resolve()), "start": start,
-             "length": n, "task": ep.task, "mcap_sha256": ep.sha256}
+             "length": n, "task": ep.task, "mcap_sha256": ep.sha256, "seed": ep.seed}
         )  # fmt: skip
         start += n
     if not records or first is None:
-        raise DatasetError("every episode was refused:\n" + "\n".join(skipped))
+        raise DatasetError(f"every episode was refused ({len(skipped)}; each is named above)")
     arrays = {name: f.close() for name, f in files.items()}
     for rec, split in zip(
         records, _split(len(records), cfg.val_fraction, cfg.split_seed), strict=True

@@ -90,7 +90,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_dataset_build(a: argparse.Namespace) -> int:
-    from apprentice.dataset import DatasetConfig, EpisodeBag, build_cache, find_episodes
+    from apprentice.dataset import DatasetConfig, build_cache, find_episodes
     from apprentice.dataset.config import infer_config
 
     overrides: dict[str, Any] = {}
@@ -111,7 +111,7 @@ def cmd_dataset_build(a: argparse.Namespace) -> int:
     if a.config is not None:
         cfg = dataclasses.replace(DatasetConfig.from_yaml(a.config), **overrides)
     else:
-        cfg = infer_config(EpisodeBag(episodes[0].bag_dir).topics, **overrides)
+        cfg = infer_config(_first_readable(episodes, a.skip_bad).topics, **overrides)
         print(f"inferred config: {yaml.safe_dump(cfg.to_json(), sort_keys=False)}")
     cache = build_cache(episodes, cfg, a.out, overwrite=a.overwrite, skip_bad=a.skip_bad)
     splits = {s: len(cache.split_episodes(s)) for s in ("train", "val")}
@@ -122,6 +122,19 @@ def cmd_dataset_build(a: argparse.Namespace) -> int:
         f"{cache.camera_names} at {cache.image_hw}, {cache.data_index_hash}"
     )
     return 0
+
+
+def _first_readable(episodes: list[Any], skip_bad: bool) -> Any:
+    """The first episode's bag to infer the config from; with skip_bad, the first that opens."""
+    from apprentice.dataset import DatasetError, EpisodeBag
+
+    for source in episodes:
+        try:
+            return EpisodeBag(source.bag_dir)
+        except DatasetError:
+            if not skip_bad or source is episodes[-1]:
+                raise
+    raise AssertionError("unreachable: the last episode's error is raised")
 
 
 def _flagged(source: Path) -> list[Any]:

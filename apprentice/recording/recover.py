@@ -54,8 +54,12 @@ class RecoveryReport:
 def closed_summary(bag_dir: str | Path) -> EpisodeSummary:
     """The summary of a closed bag, read back from its metadata.yaml."""
     bag_dir = Path(bag_dir)
-    doc = yaml.safe_load((bag_dir / METADATA_FILE).read_text("utf-8"))
-    info = doc["rosbag2_bagfile_information"]
+    path = bag_dir / METADATA_FILE
+    try:
+        info = yaml.safe_load(path.read_text("utf-8"))["rosbag2_bagfile_information"]
+    except (UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: not a rosbag2 metadata file ({reason})") from None
     return EpisodeSummary(
         bag_dir=bag_dir,
         mcap_path=bag_dir / info["relative_file_paths"][0],

@@ -12,7 +12,14 @@ import pytest
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
-from apprentice.dataset import DatasetCache, DatasetConfig, EpisodeBag, build_cache, infer_config
+from apprentice.dataset import (
+    DatasetCache,
+    DatasetConfig,
+    DatasetError,
+    EpisodeBag,
+    build_cache,
+    infer_config,
+)
 from apprentice.dataset.builder import idle_start_steps
 from apprentice.dataset.images import resize_chw
 from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
@@ -215,3 +222,16 @@ def test_dataset_build_leaves_out_flagged_episodes_and_says_so(raw_bags, tmp_pat
     assert main([*base, "--out", str(tmp_path / "all"), "--include-flagged"]) == 0
     assert "left out" not in capsys.readouterr().out
     assert len(DatasetCache(tmp_path / "all").episodes) == 4
+
+
+def test_skip_bad_infers_the_config_from_the_first_bag_that_opens(raw_bags, tmp_path) -> None:
+    rec = tmp_path / "rec"
+    shutil.copytree(raw_bags, rec)
+    meta = rec / "episode_0000" / "metadata.yaml"
+    meta.write_bytes(meta.read_bytes().replace(b"rosbag2", b"rosbag\xff", 1))  # not UTF-8
+    base = ["dataset", "build", str(rec), "--image-hw", *map(str, HW), "--val-fraction", "0.25"]
+    with pytest.raises(DatasetError, match="episode_0000/metadata.yaml"):
+        main([*base, "--out", str(tmp_path / "strict")])
+    assert main([*base, "--out", str(tmp_path / "c"), "--skip-bad"]) == 0
+    assert [e.episode_id for e in DatasetCache(tmp_path / "c").episodes] == [
+        "episode_0001", "episode_0002", "episode_0003"]  # fmt: skip
