@@ -117,6 +117,12 @@ class Observations:
         with self._new:
             self._new.notify_all()
 
+    def never_accepted(self, arms: list[str], cameras: list[str]) -> list[str]:
+        """Those of the given streams with no message accepted yet (all dropped, or none)."""
+        names = [f"arm {a}" for a in arms] + [f"camera {c}" for c in cameras]
+        with self._gate_lock:
+            return [n for n in names if self.gates[n].counts[ACCEPTED] == 0]
+
     def ages(self, t: float, t_mono: float) -> dict[str, float]:
         """Per stream, s: max(t − newest accepted stamp, t_mono − its arrival); inf if none.
         t: host clock, t_mono: the same instant on the monotonic clock."""

@@ -3,7 +3,8 @@
 The image callback turns each message into the policy's input right away ((3, h, w) uint8 at
 the card's size, by `conversions.policy_image`: the dataset builder's decode and resize), so
 the control and inference threads never decode; a frame that cannot be decoded is counted and
-never fed (the policy's watchdog holds when frames stop). The first camera_info is kept for
+never fed (the policy's watchdog holds when frames stop). Its stamp is judged where it is fed
+(Observations.push_frame: apprentice.stamps). The first camera_info is kept for
 the start-up lens check (apprentice.policy_server.card.check_lens).
 """
 

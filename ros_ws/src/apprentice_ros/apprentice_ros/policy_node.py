@@ -5,9 +5,9 @@ Start-up, in order, and nothing is published before the last step:
   1. load the folder (card complete, every file it lists matches its SHA-256, graphs load on
      the configured execution provider); a card without hashes (an older export) runs with a
      warning that the model is unverified
-  2. wait for every arm's joint_states, every camera's first image and, for each camera the
-     card has a "source" (the camera it was trained on) for, its camera_info
-     (`startup_timeout`)
+  2. wait for every arm's joint_states, every camera's first image (each with a usable stamp,
+     see Stamps below) and, for each camera the card has a "source" (the camera it was
+     trained on) for, its camera_info (`startup_timeout`)
   3. check card against robot: joint names (as the arms report them), camera names, control
      rate; joint limits must be given; the lens of each camera (policy_server.card.check_lens:
      normalized intrinsics and aspect ratio within 2 %; any resolution of the same lens is
@@ -320,20 +320,27 @@ class PolicyNode(Node):
         )
 
     def _wait_for_robot(self, timeout: float) -> None:
-        """Until every arm and camera has sent its first message and every camera the card has
-        a source for its camera_info; a missing camera_info is `_check_lenses`'s to report."""
+        """Until every arm and camera has sent a message with a usable stamp (one the stamp
+        rule accepted: the watchdog starts from it) and every camera the card has a source for
+        its camera_info; a missing camera_info is `_check_lenses`'s to report."""
         end = time.monotonic() + timeout
         while True:
             missing = [a for a in self.p["arms"] if a not in self._arm_names]
             missing += [c for c, i in self.inputs.items() if i.source_hw is None]
+            unstamped = self.obs.never_accepted(self.p["arms"], list(self.inputs))
             infos = [c for c in self._info_cams if self.inputs[c].info is None]
-            if not missing and not infos:
+            if not missing and not unstamped and not infos:
                 return
             if time.monotonic() >= end:
                 break
             rclpy.spin_once(self, timeout_sec=0.05)
         if missing:
             raise PolicyRefused(f"no message within {timeout:g} s from: {', '.join(missing)}")
+        if unstamped:
+            raise PolicyRefused(
+                f"no message with a usable stamp within {timeout:g} s from: "
+                f"{', '.join(unstamped)} (every one was dropped for its stamp: see above)"
+            )
 
     def _check_lenses(self, card_cams: dict[str, dict]) -> list[str]:
         """Each camera's live camera_info against the card's source: the lens problems."""
