@@ -1,11 +1,13 @@
-"""Scripted demonstrators for the simulated ALOHA scenes (the ACT paper's recipe, joint space).
+"""Scripted demonstrators for the simulated scenes (the ACT paper's recipe, joint space): ALOHA's
+transfer cube and insertion, and the SO-100's cube lift.
 
 ACT scripts its simulated demonstrations as end-effector waypoints per arm (time, position,
 orientation, gripper), interpolates them linearly at the control rate, and replays the resulting
 joint trajectory. Here the waypoints go through IK on the scene's own MuJoCo model (warm-started
 tick to tick), so a demonstration is exactly what a leader arm stream carries: joint targets
-over time, 6 joints + gripper finger position per ViperX arm. The script knows the initial
-object poses the way ACT's does: the sim samples them from `default_rng(seed)`, and so do we.
+over time (per ViperX arm 6 joints + the gripper's finger position in m; the SO-100 5 joints +
+its jaw angle in rad). The script knows the initial object poses the way ACT's does: the sim
+samples them from `default_rng(seed)`, and so do we.
 
 Two departures from ACT's script, both because a joint-space replay on the stock physics drops
 objects without them (each finger touches an object in a single point, so a jerk makes it
@@ -15,7 +17,12 @@ velocity jumps at waypoints), and every pose is yawed to point away from the arm
 
 Frames: the end-effector point is the scene's `ee_body` + `ee_offset` (between the finger tips
 of a ViperX gripper). A gripper orientation is a rotation matrix whose columns are the finger
-axis (approach), the axis the fingers close along, and their cross product.
+axis (approach), the axis the fingers close along, and their cross product; the scene's
+`ee_axes` say where those lie in the ee body (the ViperX's gripper_link: its own x, y, z).
+
+The SO-100 (5 joints) grasps from straight above, the wrist roll squaring its jaws to the
+cube (`top_down_frame`); its script passes through the approach waypoint like the transfer
+cube's.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ class Waypoint:
     t: float  # s from episode start
     position: np.ndarray  # (3,) end-effector point in world, m
     rotation: np.ndarray  # (3, 3) gripper frame in world (columns: approach, closing, normal)
-    gripper: float  # finger slide position, m
+    gripper: float  # gripper joint: ViperX finger slide (m), SO-100 jaw angle (rad)
     # Pass through without stopping: the end effector keeps the velocity of the line from the
     # previous waypoint to the next one here. Otherwise every waypoint is a stop.
     through: bool = False
@@ -373,9 +380,10 @@ def insertion(scene: Scene) -> dict[str, list[Waypoint]]:
 SO_JAW_OPEN = 0.7
 SO_JAW_CLOSED = -0.2
 # The cube's centre from the ee point, in the gripper frame (approach, closing, normal), m:
-# 1.5 cm further along the jaws (their tips 4 mm above the table), its face 4 mm short of the
-# fixed jaw's pads (the arm tracks to a few mm; closing then slides the cube 4 mm onto them).
-SO_CUBE_GRASP = (0.015, -0.0025, 0.0)
+# 2.2 cm further along the jaws, so the fixed jaw's tip stops 2-3 mm above the table (the arm
+# sags ~1 mm; any deeper and the tip presses on the table), and its face 4 mm short of the
+# fixed jaw's pads (the arm tracks to ~1 mm; closing then slides the cube 4 mm onto them).
+SO_CUBE_GRASP = (0.022, -0.0005, 0.0)
 
 
 def top_down_frame(base: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -417,7 +425,7 @@ SCRIPTS: dict[str, Callable[[Scene], dict[str, list[Waypoint]]]] = {
 
 
 class ScriptedDemo:
-    """A scripted bimanual demonstration as joint targets over time (a leader arm stream)."""
+    """A scripted demonstration as joint targets over time per arm (a leader arm stream)."""
 
     def __init__(self, scene: str, seed: int, rate_hz: float = CONTROL_HZ) -> None:
         if scene not in SCRIPTS:
