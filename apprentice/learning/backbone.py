@@ -2,23 +2,24 @@
 
 torchvision cannot be installed beside the CPU torch used here, so the network is written out.
 Key names (`conv1.weight`, `bn1.running_mean`, `layer2.0.downsample.1.weight`, ...) match
-`torchvision.models.resnet18`, so ImageNet weights converted once to safetensors on a machine
-that has torchvision load with `load_torchvision_weights` (no download):
+`torchvision.models.resnet18`, so torchvision's ImageNet file, converted once to safetensors,
+loads with `load_torchvision_weights` (the trainer's `--backbone-weights`; nothing unpickled):
 
-    from safetensors.torch import save_file; import torchvision
-    sd = torchvision.models.resnet18(weights="IMAGENET1K_V1").state_dict()
-    save_file({k: v.contiguous() for k, v in sd.items()}, "resnet18_imagenet.safetensors")
+    python -m apprentice.learning.convert_backbone resnet18-f37072fd.pth --out resnet18.safetensors
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+
+from apprentice.errors import UserValueError
 
 BackboneNorm = Literal["frozen_bn", "group_norm"]
 BACKBONE_NORMS: tuple[str, ...] = ("frozen_bn", "group_norm")
@@ -110,6 +111,7 @@ class ResNet18(nn.Module):
         # layer2..4 each halve the map until the stride is reached (conv1 + maxpool give 4)
         halvings = {32: 3, 16: 2, 8: 1}[output_stride]
         make = make_norm(norm)
+        self.width = width
         self.out_channels = 8 * width
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
         self.bn1 = make(width)
@@ -141,18 +143,73 @@ class ResNet18(nn.Module):
         return self.layer4(x)  # (B, 8w, H/s, W/s)
 
 
-def load_torchvision_weights(backbone: ResNet18, path: str | Path) -> None:
-    """Loads a torchvision resnet18 state dict saved as safetensors; drops `fc.*`.
+# torchvision's ResNet-18 width: the only one its (ImageNet) weights fit
+TORCHVISION_WIDTH = 64
+# ResNet18_Weights.IMAGENET1K_V1, the file torchvision keeps in ~/.cache/torch/hub/checkpoints/
+IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+CONVERT_COMMAND = (
+    "python -m apprentice.learning.convert_backbone resnet18-f37072fd.pth "
+    "--out resnet18.safetensors"
+)
+_STATS = ("running_mean", "running_var")
 
-    With GroupNorm the BatchNorm running stats have no counterpart and are dropped, so only
-    the convolutions and the affine norm parameters carry over. Raises on any other mismatch.
+
+def torchvision_to_backbone(
+    state: Mapping[str, torch.Tensor], backbone: ResNet18, source: str
+) -> dict[str, torch.Tensor]:
+    """The entries of a torchvision resnet18 state dict that `backbone` takes, checked by name
+    and shape against it; `source` (a file name) starts every error message.
+
+    Dropped: the classifier head (`fc.weight`, `fc.bias`), BatchNorm's `num_batches_tracked`,
+    and with GroupNorm the BatchNorm running stats, which have no counterpart there (only the
+    convolutions and the affine norm parameters carry over). Any other key that the backbone
+    lacks, a key it needs that is missing, or a shape that differs raises `UserValueError`
+    naming the key.
     """
-    state = load_file(str(path))
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = backbone.state_dict()
-    state = {
-        k: v
-        for k, v in state.items()
-        if k in own or not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
-    }
-    backbone.load_state_dict(state, strict=True)
+    # where torchvision has a BatchNorm2d, this backbone has a FrozenBatchNorm2d or GroupNorm
+    norms = [
+        n for n, m in backbone.named_modules() if isinstance(m, (FrozenBatchNorm2d, nn.GroupNorm))
+    ]
+    droppable = {"fc.weight", "fc.bias"} | {f"{p}.num_batches_tracked" for p in norms}
+    droppable |= {f"{p}.{s}" for p in norms for s in _STATS}
+    unexpected = [k for k in state if k not in own and k not in droppable]
+    missing = [k for k in own if k not in state]
+    if unexpected or missing:
+        parts = [f"unexpected {_names(unexpected)}"] if unexpected else []
+        parts += [f"missing {_names(missing)}"] if missing else []
+        raise UserValueError(
+            f"{source}: not a torchvision ResNet-18 state dict: {'; '.join(parts)}"
+        )
+    for key, want in own.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            hint = ""
+            if backbone.width != TORCHVISION_WIDTH:
+                hint = (f"; torchvision's ResNet-18 weights fit only backbone_width="
+                        f"{TORCHVISION_WIDTH}, not {backbone.width}")  # fmt: skip
+            raise UserValueError(
+                f"{source}: {key} has shape {tuple(got.shape)}, the backbone's is "
+                f"{tuple(want.shape)}{hint}"
+            )
+        if not got.is_floating_point():
+            raise UserValueError(f"{source}: {key} is {got.dtype}, not floating point")
+    return {k: state[k] for k in own}
+
+
+def _names(keys: list[str], most: int = 4) -> str:
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return ", ".join(keys[:most]) + more
+
+
+def load_torchvision_weights(backbone: ResNet18, path: str | Path) -> None:
+    """Loads a torchvision resnet18 state dict saved as safetensors (`convert_backbone`) into
+    `backbone`, checked by `torchvision_to_backbone` (a wrong file is a one-line error)."""
+    try:
+        state = load_file(str(path))
+    except SafetensorError as exc:  # most likely torchvision's .pth itself
+        raise UserValueError(
+            f"{path}: not a safetensors file ({exc}); convert torchvision's .pth first: "
+            f"{CONVERT_COMMAND}"
+        ) from None
+    backbone.load_state_dict(torchvision_to_backbone(state, backbone, str(path)), strict=True)

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,7 +54,12 @@ from apprentice.dataset.bag import EpisodeBag
 from apprentice.dataset.config import infer_config
 from apprentice.dataset.samples import ActSamples, DiffusionSamples, policy_batch
 from apprentice.errors import UserPathError, UserValueError
-from apprentice.learning.backbone import load_torchvision_weights
+from apprentice.learning.backbone import (
+    CONVERT_COMMAND,
+    IMAGENET_URL,
+    TORCHVISION_WIDTH,
+    load_torchvision_weights,
+)
 from apprentice.learning.checkpoint import (
     POLICIES,
     Policy,
@@ -252,6 +258,26 @@ def make_policy_config(
         return dataclasses.replace(base, **(changes | overrides))
     except ValueError as exc:  # the config's own checks (__post_init__)
         raise UserValueError(f"{policy_type} config: {exc}") from None
+
+
+def backbone_notice(policy_type: str, pcfg: PolicyConfig, backbone_weights: str | None) -> str:
+    """What a fresh run says on stderr about where its ResNet-18 starts: a WARNING for ACT at
+    full width from random weights (the paper fine-tunes from ImageNet; with frozen BatchNorm
+    at its initial identity a random trunk is not even normalized), a note otherwise."""
+    if backbone_weights is not None:
+        return f"backbone: torchvision ResNet-18 weights from {backbone_weights}"
+    width = pcfg.backbone_width
+    if width != TORCHVISION_WIDTH:
+        return (f"note: backbone: random init (ResNet-18 at width {width}; torchvision's "
+                f"ImageNet weights fit only backbone_width={TORCHVISION_WIDTH})")  # fmt: skip
+    if policy_type == "act":
+        return (
+            "WARNING: backbone: ACT's ResNet-18 starts from RANDOM weights, not ImageNet as in "
+            "the paper; convert torchvision's weights once "
+            f"({CONVERT_COMMAND}, the .pth from {IMAGENET_URL}) and pass "
+            "--backbone-weights resnet18.safetensors"
+        )
+    return "note: backbone: random init, as in the Diffusion Policy paper"
 
 
 def check_overrides(policy_type: str, overrides: dict[str, Any]) -> None:
@@ -586,12 +612,16 @@ def train(
     policy = POLICIES[cfg.policy][1](pcfg)
     policy.normalizer.set_stats("state", cache.stats("state", pcfg.state_norm))
     policy.normalizer.set_stats("action", cache.stats("action", pcfg.action_norm))
-    if cfg.backbone_weights is not None:
-        backbones = [policy.backbone] if cfg.policy == "act" else [
-            enc.backbone for enc in policy.image_encoders
-        ]  # fmt: skip
-        for backbone in backbones:
-            load_torchvision_weights(backbone, cfg.backbone_weights)
+    if not resume:  # a resumed run's backbone is in its checkpoint (the file may be gone)
+        if cfg.backbone_weights is not None:
+            backbones = [policy.backbone] if cfg.policy == "act" else [
+                enc.backbone for enc in policy.image_encoders
+            ]  # fmt: skip
+            for backbone in backbones:
+                load_torchvision_weights(backbone, cfg.backbone_weights)
+        if world.main:
+            print(backbone_notice(cfg.policy, pcfg, cfg.backbone_weights), file=sys.stderr,
+                  flush=True)  # fmt: skip
     d = DEFAULTS[(cfg.policy, cfg.preset)]
     ema = Ema(policy, cfg.ema_decay) if cfg.ema_decay is not None else None
     start = 0

@@ -1,14 +1,32 @@
-"""The hand-written ResNet-18: torchvision's key names and shapes, FrozenBatchNorm math, loading."""
+"""The hand-written ResNet-18: torchvision's key names and shapes, FrozenBatchNorm math, loading,
+the .pth → safetensors converter, and what training says about where the backbone starts.
+
+torchvision's real ImageNet file (resnet18-f37072fd.pth) cannot be downloaded here and torchvision
+cannot be installed beside this CPU torch, so the converter is tested on files in torchvision's
+format (its keys and shapes, written out below) filled with random values."""
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from apprentice.learning.backbone import FrozenBatchNorm2d, ResNet18, load_torchvision_weights
+from apprentice.learning.act.config import ActConfig
+from apprentice.learning.backbone import (
+    CONVERT_COMMAND,
+    IMAGENET_URL,
+    FrozenBatchNorm2d,
+    ResNet18,
+    load_torchvision_weights,
+)
+from apprentice.learning.convert_backbone import main as convert_main
+from apprentice.learning.diffusion.config import DiffusionConfig
+from apprentice.learning.train import backbone_notice
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -103,5 +121,130 @@ def test_load_torchvision_weights_from_safetensors(tmp_path: Path) -> None:
     load_torchvision_weights(grouped, path)
     torch.testing.assert_close(grouped.layer4[1].conv2.weight, ref["layer4.1.conv2.weight"])
     torch.testing.assert_close(grouped.bn1.bias, ref["bn1.bias"])
-    with pytest.raises(RuntimeError):  # a quarter-width net cannot take ResNet-18 weights
+    # a quarter-width net cannot take ResNet-18 weights: one line naming the first tensor
+    with pytest.raises(
+        ValueError,
+        match=r"conv1.weight has shape \(64, 3, 7, 7\), the backbone's"
+        r" is \(16, 3, 7, 7\).*backbone_width=64, not 16",
+    ):
         load_torchvision_weights(ResNet18(16, "frozen_bn"), path)
+
+
+def _torchvision_state(seed: int) -> dict[str, torch.Tensor]:
+    """A state dict as torchvision.models.resnet18().state_dict() has it, random values."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.randn(s, generator=g) if s else torch.tensor(7)  # num_batches_tracked: int64
+        for k, s in torchvision_resnet18_shapes().items()
+    }
+
+
+def test_convert_round_trip_gives_identical_tensors(tmp_path: Path, capsys) -> None:
+    ref = _torchvision_state(2)
+    src = tmp_path / "resnet18.pth"
+    torch.save(ref, src)
+    out = tmp_path / "resnet18.safetensors"
+    assert convert_main([str(src), "--out", str(out)]) == 0
+    assert f"--backbone-weights {out}" in capsys.readouterr().out
+    backbone_keys = set(ResNet18(64, "frozen_bn").state_dict())
+    assert set(load_file(str(out))) == backbone_keys  # no fc.*, no num_batches_tracked
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["source"] == "resnet18.pth"
+    assert meta["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    net = ResNet18(64, "frozen_bn")
+    load_torchvision_weights(net, out)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, ref[key]), key
+    with pytest.raises(ValueError, match="resnet18.pth: not a safetensors file .* convert"):
+        load_torchvision_weights(net, src)  # --backbone-weights given the .pth itself
+    # an existing file is kept unless asked
+    assert convert_main([str(src), "--out", str(out)]) == 2
+    assert "--overwrite replaces it" in capsys.readouterr().err
+    assert convert_main([str(src), "--out", str(out), "--overwrite"]) == 0
+
+
+def _renamed(state: dict, old: str, new: str) -> dict:
+    return {(new if k == old else k): v for k, v in state.items()}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: _renamed(s, "layer2.0.downsample.0.weight", "layer2.0.shortcut.weight"),
+         "unexpected layer2.0.shortcut.weight; missing layer2.0.downsample.0.weight"),
+        (lambda s: s | {"layer3.1.conv2.weight": torch.zeros(256, 256, 1, 1)},
+         "layer3.1.conv2.weight has shape (256, 256, 1, 1), the backbone's is (256, 256, 3, 3)"),
+        (lambda s: {k: v for k, v in s.items() if k != "bn1.running_var"},
+         "missing bn1.running_var"),
+        (lambda s: s | {"layer1.0.bn1.weight": torch.ones(64, dtype=torch.int64)},
+         "layer1.0.bn1.weight is torch.int64, not floating point"),
+    ],
+)  # fmt: skip
+def test_convert_names_a_wrong_key_or_shape(tmp_path: Path, capsys, change, message) -> None:
+    src = tmp_path / "resnet18.pth"
+    torch.save(change(_torchvision_state(3)), src)
+    out = tmp_path / "resnet18.safetensors"
+    assert convert_main([str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m apprentice.learning.convert_backbone: error: {src}: ")
+    assert message in err and err.count("\n") == 1
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_convert_checks_the_hash_in_torchvisions_file_name(tmp_path: Path, capsys) -> None:
+    state = _torchvision_state(4)
+    plain = tmp_path / "plain.pth"
+    torch.save(state, plain)
+    digest = hashlib.sha256(plain.read_bytes()).hexdigest()
+    named = tmp_path / f"resnet18-{digest[:8]}.pth"  # as torch.hub names its downloads
+    plain.rename(named)
+    assert convert_main([str(named), "--out", str(tmp_path / "ok.safetensors")]) == 0
+    wrong = "0" * 8 if not digest.startswith("0" * 8) else "1" * 8
+    damaged = named.rename(tmp_path / f"resnet18-{wrong}.pth")
+    assert convert_main([str(damaged), "--out", str(tmp_path / "no.safetensors")]) == 2
+    assert f"SHA-256 starts {digest[:8]}, its name says {wrong}" in capsys.readouterr().err
+
+
+RAN: list[str] = []
+
+
+class _Payload:
+    """Unpickling this would run `RAN.append` (stands for any code a .pth could carry)."""
+
+    def __reduce__(self):
+        return (RAN.append, ("code from the file ran",))
+
+
+def test_convert_runs_no_code_from_the_file(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "resnet18.pth"
+    torch.save(_torchvision_state(5) | {"extra": _Payload()}, src)
+    assert convert_main([str(src), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert f"{src}: cannot be read weights-only: it holds " in capsys.readouterr().err
+    assert RAN == []
+
+
+def test_convert_from_torchvision_needs_it(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as where it is not installed
+    assert convert_main(["--torchvision", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert f"not installed: download {IMAGENET_URL}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # neither a file nor --torchvision
+        convert_main(["--out", str(tmp_path / "x.safetensors")])
+    assert exc.value.code == 2
+
+
+def test_training_says_where_the_backbone_starts() -> None:
+    act_paper, act_cpu = ActConfig(2, 2), ActConfig.cpu_preset(2, 2)
+    dp_paper, dp_cpu = DiffusionConfig(2, 2), DiffusionConfig.cpu_preset(2, 2)
+    loud = backbone_notice("act", act_paper, None)  # the paper fine-tunes from ImageNet
+    assert loud.startswith("WARNING: ") and "RANDOM" in loud
+    assert CONVERT_COMMAND in loud and IMAGENET_URL in loud and "--backbone-weights" in loud
+    for policy, cfg in (("act", act_cpu), ("diffusion", dp_cpu)):  # width 16: none to load
+        assert backbone_notice(policy, cfg, None).startswith(
+            "note: backbone: random init (ResNet-18 at width 16; torchvision's ImageNet "
+            "weights fit only backbone_width=64)"
+        )
+    assert backbone_notice("diffusion", dp_paper, None) == (
+        "note: backbone: random init, as in the Diffusion Policy paper"
+    )
+    assert backbone_notice("act", act_paper, "r18.safetensors").endswith("from r18.safetensors")
