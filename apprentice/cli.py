@@ -66,6 +66,10 @@ PASS_THROUGH = {
         "camera intrinsics (ChArUco), hand-eye, CameraInfo files",
         "apprentice.calibration.camera_cli",
     ),
+    "convert-backbone": (
+        "torchvision's ResNet-18 ImageNet weights (.pth) → the safetensors file train takes",
+        "apprentice.learning.convert_backbone",
+    ),
 }
 
 

@@ -38,6 +38,7 @@ MISTAKES = [
      "/nonexistent.png: no such image file"),
     (["calibrate-arm", "verify", "--robot", "nosuch", "--arm", "follower", "-c", "x.yaml"],
      "no robot config 'nosuch'"),
+    (["convert-backbone", "/nonexistent.pth", "--out", "{tmp}/r.safetensors"], "/nonexistent.pth"),
 ]  # fmt: skip
 
 
@@ -99,11 +100,13 @@ def _undocumented(p: argparse.ArgumentParser, path: str) -> list[str]:
 def test_every_command_and_option_has_help_text() -> None:
     from apprentice import cli
     from apprentice.calibration import arm_cli, camera_cli
+    from apprentice.learning import convert_backbone
     from apprentice_ros import replay
 
     parsers = {"apprentice": cli.parser(), "apprentice replay": replay.parser(),
                "apprentice calibrate-arm": arm_cli.parser(),
-               "apprentice calibrate-camera": camera_cli.parser()}  # fmt: skip
+               "apprentice calibrate-camera": camera_cli.parser(),
+               "apprentice convert-backbone": convert_backbone.parser()}  # fmt: skip
     missing = [m for path, p in parsers.items() for m in _undocumented(p, path)]
     assert missing == [], missing
     n = sum(len(p._actions) for p in parsers.values())

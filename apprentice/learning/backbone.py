@@ -5,7 +5,7 @@ Key names (`conv1.weight`, `bn1.running_mean`, `layer2.0.downsample.1.weight`, .
 `torchvision.models.resnet18`, so torchvision's ImageNet file, converted once to safetensors,
 loads with `load_torchvision_weights` (the trainer's `--backbone-weights`; nothing unpickled):
 
-    python -m apprentice.learning.convert_backbone resnet18-f37072fd.pth --out resnet18.safetensors
+    apprentice convert-backbone resnet18-f37072fd.pth --out resnet18.safetensors
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ TORCHVISION_WIDTH = 64
 # ResNet18_Weights.IMAGENET1K_V1, the file torchvision keeps in ~/.cache/torch/hub/checkpoints/
 IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 CONVERT_COMMAND = (
-    "python -m apprentice.learning.convert_backbone resnet18-f37072fd.pth "
+    "apprentice convert-backbone resnet18-f37072fd.pth "
     "--out resnet18.safetensors"
 )
 _STATS = ("running_mean", "running_var")

@@ -3,8 +3,8 @@ takes. Run once per machine; the ACT paper preset fine-tunes from these weights.
 
     # https://download.pytorch.org/models/resnet18-f37072fd.pth, the file torchvision keeps in
     # ~/.cache/torch/hub/checkpoints/ (ResNet18_Weights.IMAGENET1K_V1)
-    python -m apprentice.learning.convert_backbone resnet18-f37072fd.pth --out resnet18.safetensors
-    python -m apprentice.learning.convert_backbone --torchvision --out resnet18.safetensors
+    apprentice convert-backbone resnet18-f37072fd.pth --out resnet18.safetensors
+    apprentice convert-backbone --torchvision --out resnet18.safetensors
 
 The .pth is read here and nowhere else, with `torch.load(weights_only=True)`: tensors and plain
 containers only, no code from the file runs. Training (and every other load path) reads only the
@@ -37,7 +37,7 @@ from apprentice.learning.backbone import (
     torchvision_to_backbone,
 )
 
-PROG = "python -m apprentice.learning.convert_backbone"
+PROG = "apprentice convert-backbone"
 # torch.hub's file names: <name>-<the first 8 or more hex digits of the SHA-256>.<ext>
 _HASH_IN_NAME = re.compile(r".*-([0-9a-f]{8,64})\.[A-Za-z]+")
 

@@ -187,7 +187,7 @@ def test_convert_names_a_wrong_key_or_shape(tmp_path: Path, capsys, change, mess
     out = tmp_path / "resnet18.safetensors"
     assert convert_main([str(src), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"python -m apprentice.learning.convert_backbone: error: {src}: ")
+    assert err.startswith(f"apprentice convert-backbone: error: {src}: ")
     assert message in err and err.count("\n") == 1
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
