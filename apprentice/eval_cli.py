@@ -371,7 +371,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
     more = p.add_subparsers(dest="eval_cmd", metavar="compare")  # optional: plain `eval` runs
-    c = more.add_parser("compare", help="two eval folders' rates and whether they differ")
+    c = more.add_parser("compare", help="two eval folders' rates and whether they differ",
+                        prog="apprentice eval compare")  # fmt: skip
     c.add_argument("a", help="eval folder A (its results.json)")
     c.add_argument("b", help="eval folder B")
     c.set_defaults(func=cmd_compare)

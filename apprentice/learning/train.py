@@ -126,15 +126,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {self.policy!r}")
+            raise UserValueError(f"policy must be one of {sorted(POLICIES)}, got {self.policy!r}")
         if self.preset not in ("paper", "cpu"):
-            raise ValueError(f"preset must be 'paper' or 'cpu', got {self.preset!r}")
+            raise UserValueError(f"preset must be 'paper' or 'cpu', got {self.preset!r}")
         for name in ("steps", "batch_size", "val_every", "log_every", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise UserValueError(f"{name} must be >= 1, got {value}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+            raise UserValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
     def resolved(self) -> TrainConfig:
         """None hyper-parameters replaced by the preset's defaults."""
