@@ -1,13 +1,14 @@
 """The end-to-end demo pipeline (no rclpy here).
 
-    apprentice demo [--out runs/demo] [--fresh]
+    apprentice demo [--scene aloha_transfer_cube | so100_lift] [--out DIR] [--fresh]
 
 The demo runs every stage as the CLI command a user would type, in an output folder:
 scripted demos → bags (`apprentice record`) → dataset cache → CPU-preset training → ONNX
 export → closed-loop eval (`apprentice.eval_cli`); a stage whose result is already in the folder
 is reused (`--fresh` starts over). It ends with the policy's success rate and its 95 % interval
 next to the scripted demonstrator's (measured on the recorded episodes, through the same
-teleop → robot path).
+teleop → robot path). `--scene` picks the simulated robot and task (`SCENES`): its record and
+eval graphs, the arms and the camera the policy learns from.
 """
 
 from __future__ import annotations
@@ -33,6 +34,27 @@ RECORD_GRAPH = "record_sim_aloha"  # `apprentice record`'s default graph
 FEW_DEMOS = 10  # fewer successful demonstrations than this: warn
 
 
+@dataclass(frozen=True)
+class DemoScene:
+    """What the demo needs per simulated scene: its graphs (launch/graphs/), the arms and the
+    camera the policy learns from (the record graph's names), the default output folder."""
+
+    record_graph: str
+    eval_graph: str
+    arms: tuple[str, ...]
+    camera: str
+    out: str
+
+
+SCENES = {
+    "aloha_transfer_cube": DemoScene(RECORD_GRAPH, EVAL_GRAPH, ("left", "right"), "top",
+                                     "runs/demo"),
+    "so100_lift": DemoScene("record_sim_so100", "eval_sim_so100", ("arm",), "front",
+                            "runs/demo-so100"),
+}  # fmt: skip
+DEFAULT_SCENE = "aloha_transfer_cube"
+
+
 def parse_record_rows(text: str) -> list[dict[str, Any]]:
     """The per-episode rows `apprentice record --scripted` prints (`[i/N] {json}`)."""
     rows = []
@@ -51,10 +73,11 @@ class DemoConfig:
 
     EMA: the last weights of a constant-rate run are noisy; the same run's EMA (decay 0.999)
     did 12/20 closed loop against 3/20 for its raw weights (8000 steps).
-    Camera: the graphs' top camera (50° lens, 2×2 supersampling) took the demo from 10/20 to
-    17/20 and 18/20 (two demos); through the MJCF's 78° lens, aliased, the cube was ~3 px
-    and most grasps missed."""
+    Camera (transfer cube): the ALOHA graphs' top camera (50° lens, 2×2 supersampling) took
+    the demo from 10/20 to 17/20 and 18/20 (two demos); through the MJCF's 78° lens, aliased,
+    the cube was ~3 px and most grasps missed."""
 
+    scene: str = DEFAULT_SCENE  # a key of SCENES
     episodes: int = 50  # scripted demonstrations
     image_hw: tuple[int, int] = (96, 128)  # the sim renders at this size, recorded and live
     policy: str = "act"
@@ -67,10 +90,18 @@ class DemoConfig:
     seed0: int = 1000
     execution: str = "ensemble"
 
+    def __post_init__(self) -> None:
+        if self.scene not in SCENES:
+            raise ValueError(f"no demo for scene {self.scene!r}; scenes: {', '.join(SCENES)}")
 
-def dataset_config(hw: tuple[int, int]) -> dict[str, Any]:
-    """Both followers' joint positions → both arms' commands, the top camera. The leader's
-    joint states are in the bags too, but the policy cannot see a leader: leave them out.
+    @property
+    def demo_scene(self) -> DemoScene:
+        return SCENES[self.scene]
+
+
+def dataset_config(hw: tuple[int, int], scene: DemoScene) -> dict[str, Any]:
+    """The followers' joint positions → their commands, the scene's camera. The leaders' joint
+    states are in the bags too, but the policy cannot see a leader: leave them out.
     Max ages are looser than the defaults (dataset/config.py): on a loaded 2-core host the
     simulator stalls for a few frames at times (measured gaps 0.1-0.3 s), and a scripted demo with
     such a gap is still a good demo."""
@@ -78,9 +109,11 @@ def dataset_config(hw: tuple[int, int]) -> dict[str, Any]:
         "control_rate_hz": 50.0,
         "image_hw": list(hw),
         "val_fraction": 0.1,
-        "state": [{"topic": f"/{a}/joint_states", "max_age_s": 0.25} for a in ("left", "right")],
-        "action": [{"topic": f"/{a}/commands", "max_age_s": 0.3} for a in ("left", "right")],
-        "cameras": [{"name": "top", "topic": "/cameras/top/image_raw", "max_age_s": 0.4}],
+        "state": [{"topic": f"/{a}/joint_states", "max_age_s": 0.25} for a in scene.arms],
+        "action": [{"topic": f"/{a}/commands", "max_age_s": 0.3} for a in scene.arms],
+        "cameras": [
+            {"name": scene.camera, "topic": f"/cameras/{scene.camera}/image_raw", "max_age_s": 0.4}
+        ],
     }
 
 
@@ -156,8 +189,9 @@ def demo_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
                  "--threads", str(cfg.threads), "--no-progress"]  # fmt: skip
     return [
         Stage("record", lambda: (kept / "record.json").exists(),
-              ["apprentice", "record", "--episodes", str(cfg.episodes), "--dataset", str(demos),
-               "-p", f"image_width={w}", "-p", f"image_height={h}"], out / "record.log"),
+              ["apprentice", "record", "--graph", cfg.demo_scene.record_graph, "--episodes",
+               str(cfg.episodes), "--dataset", str(demos), "-p", f"image_width={w}", "-p",
+               f"image_height={h}"], out / "record.log"),
         Stage("dataset", lambda: is_cache(cache),
               ["apprentice", "dataset", "build", str(kept), "--out", str(cache), "--config",
                str(out / "dataset.yaml"), "--skip-bad", "--overwrite"],
@@ -166,9 +200,9 @@ def demo_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
         Stage("export", lambda: (policy / "policy_card.json").exists(),
               ["apprentice", "export", str(run)], out / "export.log"),
         Stage("eval", lambda: (evals / RESULTS_FILE).exists(),
-              ["apprentice", "eval", "--policy", str(policy), "--episodes",
-               str(cfg.eval_episodes), "--seed0", str(cfg.seed0), "--out", str(evals), "--set",
-               f"execution={cfg.execution}"], out / "eval.log"),
+              ["apprentice", "eval", "--policy", str(policy), "--graph", cfg.demo_scene.eval_graph,
+               "--episodes", str(cfg.eval_episodes), "--seed0", str(cfg.seed0), "--out",
+               str(evals), "--set", f"execution={cfg.execution}"], out / "eval.log"),
     ]  # fmt: skip
 
 
@@ -183,7 +217,7 @@ def demo_setup(cfg: DemoConfig) -> dict[str, Any]:
     from apprentice.graph import load_graph
 
     sims = {}
-    for name in (RECORD_GRAPH, EVAL_GRAPH):
+    for name in (cfg.demo_scene.record_graph, cfg.demo_scene.eval_graph):
         sim = sim_process(load_graph(name))
         sims[name] = {k: sim.parameters.get(k) for k in CAMERA_KEYS}
     return {"image_hw": list(cfg.image_hw), "sim": sims}
@@ -249,10 +283,10 @@ def _run_stage(stage: Stage) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     """The whole job in simulation; see the module docstring."""
     cfg = DemoConfig(
-        episodes=args.episodes, steps=args.steps, eval_episodes=args.eval_episodes,
-        policy=args.policy,
+        scene=args.scene, episodes=args.episodes, steps=args.steps,
+        eval_episodes=args.eval_episodes, policy=args.policy,
     )  # fmt: skip
-    out = Path(args.out).resolve()
+    out = Path(args.out or cfg.demo_scene.out).resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)
     setup = demo_setup(cfg)
@@ -262,7 +296,7 @@ def run_demo(args: argparse.Namespace) -> int:
               f"moved to {aside}; starting over", flush=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / SETUP_FILE).write_text(json.dumps(setup, indent=2))
-    (out / "dataset.yaml").write_text(yaml.safe_dump(dataset_config(cfg.image_hw)))
+    (out / "dataset.yaml").write_text(yaml.safe_dump(dataset_config(cfg.image_hw, cfg.demo_scene)))
     if drop_run_without_ema(out / "run"):
         print("train: the run in this folder keeps no EMA of its weights: training again")
     stages = demo_stages(out, cfg)
@@ -307,7 +341,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     d = DemoConfig()
-    p.add_argument("--out", default="runs/demo", help="output folder (stages reused)")
+    p.add_argument("--scene", choices=tuple(SCENES), default=d.scene,
+                   help="the simulated robot and task: its graphs, arms and camera")  # fmt: skip
+    outs = ", ".join(f"{s.out} for {name}" for name, s in SCENES.items())
+    p.add_argument("--out", help=f"output folder, stages reused (default: {outs})")
     p.add_argument("--fresh", action="store_true", help="start over: delete the output folder")
     p.add_argument("--episodes", type=int, default=d.episodes, help="scripted demonstrations")
     p.add_argument("--steps", type=int, default=d.steps, help="training steps")

@@ -9,6 +9,7 @@ from apprentice.dataset import DatasetConfig
 from apprentice.eval_cli import sim_process
 from apprentice.graph import load_graph
 from apprentice.pipeline import (
+    SCENES,
     DemoConfig,
     Stage,
     dataset_config,
@@ -108,11 +109,40 @@ def test_link_successful_keeps_successful_demos_that_passed_the_quality_gate(
 
 
 def test_dataset_config_feeds_only_what_the_robot_has() -> None:
-    cfg = DatasetConfig.from_json(dataset_config((96, 128)))
+    cfg = DatasetConfig.from_json(dataset_config((96, 128), SCENES["aloha_transfer_cube"]))
     assert cfg.image_hw == (96, 128)
     topics = [s.topic for s in (*cfg.state, *cfg.action, *cfg.cameras)]
     assert not any("leader" in t for t in topics)
     assert [s.topic for s in cfg.action] == ["/left/commands", "/right/commands"]
+
+
+def test_the_so100_demo_records_trains_and_evaluates_on_its_own_graphs(tmp_path: Path) -> None:
+    cfg = DemoConfig(scene="so100_lift")
+    stages = {s.name: s.command for s in demo_stages(tmp_path, cfg)}
+    assert stages["record"][stages["record"].index("--graph") + 1] == "record_sim_so100"
+    assert stages["eval"][stages["eval"].index("--graph") + 1] == "eval_sim_so100"
+    data = DatasetConfig.from_json(dataset_config(cfg.image_hw, cfg.demo_scene))
+    assert [s.topic for s in data.state] == ["/arm/joint_states"]
+    assert [s.topic for s in data.action] == ["/arm/commands"]
+    assert [(c.name, c.topic) for c in data.cameras] == [("front", "/cameras/front/image_raw")]
+    sims = demo_setup(cfg)["sim"]
+    assert list(sims) == ["record_sim_so100", "eval_sim_so100"]
+    assert {s["scene"] for s in sims.values()} == {"so100_lift"}
+    # the default scene is unchanged
+    aloha = {s.name: s.command for s in demo_stages(tmp_path, DemoConfig())}
+    assert aloha["record"][aloha["record"].index("--graph") + 1] == "record_sim_aloha"
+    assert aloha["eval"][aloha["eval"].index("--graph") + 1] == "eval_sim_aloha"
+
+
+def test_each_demo_scene_names_the_arms_and_camera_its_graphs_have() -> None:
+    for name, scene in SCENES.items():
+        for graph in (scene.record_graph, scene.eval_graph):
+            sim = sim_process(load_graph(graph)).parameters
+            assert sim["scene"] == name, graph
+            assert tuple(sim["arms"]) == scene.arms and sim["cameras"] == [scene.camera], graph
+        # both graphs render the camera alike: a policy sees what it was trained on
+        record, evaluate = demo_setup(DemoConfig(scene=name))["sim"].values()
+        assert record == evaluate, name
 
 
 def test_a_demo_run_without_an_ema_is_trained_again(tmp_path: Path) -> None:
@@ -182,8 +212,9 @@ def test_the_demo_summary_gives_rates_with_intervals_and_stages(tmp_path: Path, 
     rows = [{"seed": 1000 + i, "success": s == 4, "max_stage": s} for i, s in enumerate(stages)]
     (out / "eval" / "results.json").write_text(json.dumps(
         {"policy_type": "act", "task": "transfer_cube", "rows": rows}))  # fmt: skip
-    args = argparse.Namespace(out=str(out), fresh=False, episodes=50, steps=100, eval_episodes=20,
-                              policy="act", include_flagged=False)  # fmt: skip
+    args = argparse.Namespace(scene="aloha_transfer_cube", out=str(out), fresh=False,
+                              episodes=50, steps=100, eval_episodes=20, policy="act",
+                              include_flagged=False)  # fmt: skip
     assert run_demo(args) == 0
     printed = capsys.readouterr().out
     assert "[5/5] eval: done already" in printed
