@@ -15,6 +15,7 @@ from child_processes import child_pid
 from rosbags.highlevel import AnyReader
 
 from apprentice.recording import DatasetIndex
+from apprentice.recording.quality import QualityConfig
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -68,9 +69,13 @@ def test_three_scripted_transfer_cube_episodes(tmp_path) -> None:
                     s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
                     assert s > last.get(conn.topic, -np.inf), f"{conn.topic} stamp went back"
                     last[conn.topic] = s
+        # Every stream at least at the quality gate's rate bar (on a quiet 2-core host they
+        # reach 97.5-100 %; at the end of the full suite 93-95 % was seen), never more than 5 %
+        # over its nominal rate (nothing written twice).
+        bar = QualityConfig().min_rate_fraction
         for topic, hz in NOMINAL.items():
             expected = hz * e.duration_s
-            assert counts.get(topic, 0) == pytest.approx(expected, rel=0.05), (topic, counts)
+            assert bar * expected <= counts.get(topic, 0) <= 1.05 * expected, (topic, counts)
 
 
 def test_scripted_session_goes_on_after_the_recorder_is_killed(tmp_path) -> None:
