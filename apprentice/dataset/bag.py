@@ -12,6 +12,7 @@ What is read is what the bag says it holds, or a `CorruptBagError` naming the fi
   - `EpisodeBag.messages`, the one pass every reader uses (the dataset builder, replay, the
     quality gate), counts each topic's messages and, at the end, compares them with the
     summary: a bag that reads without an error but short is refused, never a smaller dataset.
+The MCAP layer (summary, chunk index, CRCs) is `apprentice.dataset.mcap_checked`.
 Messages are decoded with the rosbags Jazzy type store. Stamps, in s since the epoch:
   JointState, Image, CompressedImage: the header stamp, i.e. the time the sensor gave (the
       driver's read time, the camera's capture time);
@@ -23,22 +24,12 @@ every message of the episode must agree, and describe the images' size.
 from __future__ import annotations
 
 import hashlib
-import heapq
-import os
-import struct
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
-import yaml
-from mcap.opcode import Opcode
-from mcap.reader import NonSeekingReader, SeekingReader
-from mcap.records import Chunk, ChunkIndex, Message
-from mcap.stream_reader import get_chunk_data_stream
-from mcap.summary import Summary
+from mcap.records import Message
 from rosbags.typesys import Stores, get_typestore
 
 from apprentice.dataset.config import (
@@ -51,24 +42,19 @@ from apprentice.dataset.config import (
     camera_info_topic,
 )
 from apprentice.dataset.images import camera_info_record, compressed_to_input, raw_to_input
-from apprentice.errors import UserValueError
+from apprentice.dataset.mcap_checked import (
+    CheckedMcap,
+    CorruptBagError,
+    DatasetError,
+    load_metadata,
+    metadata_counts,
+    one_line,
+    read_summary,
+    summary_counts,
+)
 
 _TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
-# MCAP record layouts (little-endian), https://mcap.dev/spec
-_RECORD = struct.Struct("<BQ")  # opcode, length of what follows
-_CHUNK = struct.Struct("<QQQII")  # start, end time (ns), uncompressed size, crc32, len(compression)
-_MESSAGE = struct.Struct("<HIQQ")  # channel id, sequence, log time, publish time (ns)
-_FOOTER = struct.Struct("<BQQQI")  # opcode, length, summary start, summary offsets start, crc
-_MAGIC_SIZE = 8
-
-
-class DatasetError(UserValueError):
-    """A bag or dataset that cannot be used, with the file and topic that are at fault."""
-
-
-class CorruptBagError(DatasetError):
-    """A bag that does not hold what it says it holds: metadata.yaml unreadable, the MCAP cut
-    or damaged, or a topic read with another number of messages than the bag counts."""
+__all__ = ["CorruptBagError", "DatasetError", "EpisodeBag", "ImageSeries", "JointSeries"]
 
 
 @dataclass
@@ -112,7 +98,7 @@ class EpisodeBag:
                 f"{self.path}: no metadata.yaml (the recording was not closed); repair it with "
                 "apprentice.recording.recover() or discard the episode"
             )
-        info = _load_metadata(meta_path)
+        info = load_metadata(meta_path)
         if info.get("storage_identifier") != "mcap":
             raise DatasetError(
                 f"{meta_path}: storage {info.get('storage_identifier')!r}, need mcap"
@@ -133,9 +119,9 @@ class EpisodeBag:
         if not isinstance(custom, dict):
             raise CorruptBagError(f"{meta_path}: custom_data is not a map: {custom!r}")
         self.custom_data: dict[str, str] = dict(custom)
-        listed = _metadata_counts(meta_path, info)
+        listed = metadata_counts(meta_path, info)
         with open(self.mcap_path, "rb") as f:
-            summary = _read_summary(f, self.mcap_path)
+            summary = read_summary(f, self.mcap_path)
         if summary is None:
             raise CorruptBagError(
                 f"{self.mcap_path}: MCAP without a summary section, metadata.yaml says it holds "
@@ -154,7 +140,7 @@ class EpisodeBag:
         }
         # messages per topic as the summary counts them, checked against metadata.yaml here and
         # against what a pass reads in messages()
-        self.counts: dict[str, int] = _summary_counts(self.mcap_path, summary)
+        self.counts: dict[str, int] = summary_counts(self.mcap_path, summary)
         for topic in sorted(set(self.counts) | set(listed)):
             if self.counts.get(topic, 0) != listed.get(topic, 0):
                 raise CorruptBagError(
@@ -195,11 +181,8 @@ class EpisodeBag:
         names = None if topics is None else set(topics)
         wanted = {cid for cid, ch in summary.channels.items() if names is None or ch.topic in names}
         read = dict.fromkeys(wanted, 0)  # channel id → messages read
-        with open(self.mcap_path, "rb") as f:
-            if summary.chunk_indexes:
-                yield from self._indexed(f, wanted, read)
-            else:  # no chunk index (an unchunked MCAP, e.g. ros2 bag's fastwrite preset)
-                yield from self._unindexed(f, wanted, read)
+        for message in CheckedMcap(self.mcap_path, summary).messages(wanted, read):
+            yield self._typed(message)
         totals: dict[str, int] = {}
         for cid, n in read.items():
             topic = summary.channels[cid].topic
@@ -216,133 +199,6 @@ class EpisodeBag:
         channel = self._summary.channels[message.channel_id]
         schema = self._summary.schemas.get(channel.schema_id)
         return channel.topic, schema.name if schema else "", message
-
-    def _indexed(
-        self, f: BinaryIO, wanted: set[int], read: dict[int, int]
-    ) -> Iterator[tuple[str, str, Message]]:
-        """Chunks by the chunk index, messages merged into log-time order (mcap's own order:
-        log time, then chunk offset, then place in the chunk)."""
-        size = os.fstat(f.fileno()).st_size
-        offsets = [ci.chunk_start_offset for ci in self._summary.chunk_indexes]
-        if len(set(offsets)) != len(offsets):
-            twice = sorted({o for o in offsets if offsets.count(o) > 1})
-            raise CorruptBagError(f"{self.mcap_path}: the chunk index lists chunk(s) {twice} twice")
-        queue: list[tuple[int, int, int, ChunkIndex | Message]] = [
-            (ci.message_start_time, ci.chunk_start_offset, -1, ci)
-            for ci in self._summary.chunk_indexes
-            # a chunk index lists the channels its chunk holds (when it has message indexes)
-            if not ci.message_index_offsets or not wanted.isdisjoint(ci.message_index_offsets)
-        ]
-        heapq.heapify(queue)
-        while queue:
-            _, offset, _, item = heapq.heappop(queue)
-            if isinstance(item, Message):
-                yield self._typed(item)
-                continue
-            for i, message in enumerate(self._chunk_messages(f, item, size, wanted)):
-                read[message.channel_id] += 1
-                heapq.heappush(queue, (message.log_time, offset, i, message))
-
-    def _chunk_messages(
-        self, f: BinaryIO, ci: ChunkIndex, size: int, wanted: set[int]
-    ) -> list[Message]:
-        """The messages of `wanted` channels in one chunk, in file order, every record checked."""
-        where = f"{self.mcap_path}: chunk at byte {ci.chunk_start_offset}"
-        end = ci.chunk_start_offset + ci.chunk_length
-        if end > size or ci.chunk_length < _RECORD.size + _CHUNK.size + 8:
-            raise CorruptBagError(
-                f"{where}: the chunk index gives it {ci.chunk_length} bytes, the file has "
-                f"{size - ci.chunk_start_offset} from there (cut or damaged)"
-            )
-        f.seek(ci.chunk_start_offset)
-        body = f.read(ci.chunk_length)
-        opcode, length = _RECORD.unpack_from(body)
-        if opcode != Opcode.CHUNK or _RECORD.size + length != ci.chunk_length:
-            raise CorruptBagError(
-                f"{where}: the file holds a record of opcode 0x{opcode:02x} and {length} bytes "
-                f"there, the chunk index a chunk of {ci.chunk_length - _RECORD.size} bytes"
-            )
-        start, stop, usize, crc, clen = _CHUNK.unpack_from(body, _RECORD.size)
-        pos = _RECORD.size + _CHUNK.size + clen
-        compression = body[pos - clen : pos].decode("utf-8", "replace")
-        dlen = struct.unpack_from("<Q", body, pos)[0] if pos + 8 <= len(body) else -1
-        header = {
-            "message_start_time": start,
-            "message_end_time": stop,
-            "uncompressed_size": usize,
-            "compression": compression,
-            "compressed_size": dlen,
-        }
-        differ = [
-            f"{k} {v!r} (index {getattr(ci, k)!r})"
-            for k, v in header.items()
-            if v != getattr(ci, k)
-        ]
-        if not differ and pos + 8 + dlen != len(body):
-            differ.append(f"{pos + 8 + dlen} bytes (index {len(body)})")
-        if differ:
-            raise CorruptBagError(
-                f"{where}: its header disagrees with the chunk index: {', '.join(differ)}"
-            )
-        chunk = Chunk(
-            compression=compression,
-            data=body[pos + 8 :],
-            message_start_time=start,
-            message_end_time=stop,
-            uncompressed_crc=crc,
-            uncompressed_size=usize,
-        )
-        try:
-            stream, n = get_chunk_data_stream(chunk, validate_crc=True)
-            raw = stream.read(n)
-        except Exception as e:  # CRCValidationError, a zstd or lz4 error
-            raise CorruptBagError(f"{where}: {type(e).__name__}: {_one_line(e)}") from e
-        if n != usize:
-            raise CorruptBagError(f"{where}: decompresses to {n} bytes, its header says {usize}")
-        out: list[Message] = []
-        p = 0
-        while p < n:
-            if p + _RECORD.size > n:
-                raise CorruptBagError(f"{where}: a record is cut at byte {p} of {n}")
-            op, length = _RECORD.unpack_from(raw, p)
-            body_start, next_p = p + _RECORD.size, p + _RECORD.size + length
-            if next_p > n or (op == Opcode.MESSAGE and length < _MESSAGE.size):
-                raise CorruptBagError(
-                    f"{where}: a record of opcode 0x{op:02x} and {length} bytes at byte {p} does "
-                    f"not fit the chunk's {n} bytes"
-                )
-            if op == Opcode.MESSAGE:
-                cid, seq, log_time, publish_time = _MESSAGE.unpack_from(raw, body_start)
-                if cid not in self._summary.channels:
-                    raise CorruptBagError(
-                        f"{where}: a message on channel {cid}, which the summary does not list"
-                    )
-                if cid in wanted:
-                    data = raw[body_start + _MESSAGE.size : next_p]
-                    out.append(
-                        Message(
-                            channel_id=cid,
-                            sequence=seq,
-                            log_time=log_time,
-                            publish_time=publish_time,
-                            data=data,
-                        )
-                    )
-            p = next_p  # schema and channel records in a chunk: the summary has them too
-        return out
-
-    def _unindexed(
-        self, f: BinaryIO, wanted: set[int], read: dict[int, int]
-    ) -> Iterator[tuple[str, str, Message]]:
-        """Front to back with mcap's reader (chunk and data section CRCs checked); messages
-        sorted by log time in memory."""
-        try:
-            for _, channel, message in NonSeekingReader(f, validate_crcs=True).iter_messages():
-                if channel.id in wanted:
-                    read[channel.id] += 1
-                    yield self._typed(message)
-        except Exception as e:  # CRC mismatch, torn record
-            raise CorruptBagError(f"{self.mcap_path}: {type(e).__name__}: {_one_line(e)}") from e
 
     def read(
         self,
@@ -394,7 +250,7 @@ class EpisodeBag:
         except Exception as e:  # bad CDR, undecodable image
             raise DatasetError(
                 f"{self.mcap_path}: reading messages failed (last topic read: {topic}): "
-                f"{type(e).__name__}: {_one_line(e)}"
+                f"{type(e).__name__}: {one_line(e)}"
             ) from e
         joints: dict[str, JointSeries] = {}
         for t in joint_topics:
@@ -462,92 +318,6 @@ class EpisodeBag:
                 f"{position.shape[0]} positions"
             )
         return position
-
-
-def _load_metadata(path: Path) -> dict:
-    """metadata.yaml's rosbag2_bagfile_information, or a one-line CorruptBagError."""
-    data = path.read_bytes()
-    try:
-        doc = yaml.safe_load(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise CorruptBagError(
-            f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): the file "
-            "is damaged"
-        ) from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or e
-        raise CorruptBagError(f"{path}: not valid YAML ({at}{_one_line(problem)})") from e
-    info = doc.get("rosbag2_bagfile_information") if isinstance(doc, dict) else None
-    if not isinstance(info, dict):
-        raise CorruptBagError(
-            f"{path}: not a rosbag2 metadata file (no rosbag2_bagfile_information)"
-        )
-    return info
-
-
-def _metadata_counts(path: Path, info: dict) -> dict[str, int]:
-    """Messages per topic, as metadata.yaml's topics_with_message_count lists them."""
-    counts: dict[str, int] = {}
-    try:
-        for entry in info["topics_with_message_count"]:
-            topic, n = entry["topic_metadata"]["name"], entry["message_count"]
-            if not isinstance(topic, str) or not isinstance(n, int) or n < 0:
-                raise TypeError(f"topic {topic!r} with message_count {n!r}")
-            counts[topic] = counts.get(topic, 0) + n
-    except (KeyError, TypeError) as e:
-        raise CorruptBagError(
-            f"{path}: topics_with_message_count missing or malformed ({type(e).__name__}: "
-            f"{_one_line(e)})"
-        ) from e
-    return counts
-
-
-def _read_summary(f: BinaryIO, path: Path) -> Summary | None:
-    """The MCAP's summary section, checked against the footer's summary CRC when it has one."""
-    try:
-        summary = SeekingReader(f).get_summary()
-        size = f.seek(0, os.SEEK_END)
-        f.seek(size - _MAGIC_SIZE - _FOOTER.size)
-        _, _, summary_start, _, crc = _FOOTER.unpack(f.read(_FOOTER.size))
-    except Exception as e:  # mcap raises several types for a cut or damaged tail
-        raise CorruptBagError(
-            f"{path}: truncated or corrupt MCAP, no valid summary/footer "
-            f"({type(e).__name__}: {_one_line(e)})"
-        ) from e
-    if summary is not None and crc != 0:
-        # the CRC covers the summary section and the footer up to the CRC field
-        f.seek(summary_start)
-        if zlib.crc32(f.read(size - _MAGIC_SIZE - 4 - summary_start)) != crc:
-            raise CorruptBagError(
-                f"{path}: the summary section fails its CRC (damaged): its chunk index and "
-                "message counts cannot be trusted"
-            )
-    return summary
-
-
-def _summary_counts(path: Path, summary: Summary) -> dict[str, int]:
-    """Messages per topic by the summary's Statistics, checked to add up."""
-    stats = summary.statistics
-    assert stats is not None
-    counts = dict.fromkeys((ch.topic for ch in summary.channels.values()), 0)
-    for cid, n in stats.channel_message_counts.items():
-        if cid not in summary.channels:
-            raise CorruptBagError(
-                f"{path}: the MCAP summary counts messages of unknown channel {cid}"
-            )
-        counts[summary.channels[cid].topic] += n
-    if sum(counts.values()) != stats.message_count:
-        raise CorruptBagError(
-            f"{path}: the MCAP summary counts {sum(counts.values())} messages by channel, "
-            f"{stats.message_count} in all"
-        )
-    return counts
-
-
-def _one_line(e: object) -> str:
-    return " ".join(str(e).split())
 
 
 def _stable_order(stamps: list[float]) -> np.ndarray:
