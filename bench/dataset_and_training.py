@@ -38,7 +38,8 @@ from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
 from apprentice.learning.checkpoint import POLICIES
 from apprentice.learning.export import export_onnx
 from apprentice.learning.runtime import load_onnx_policy
-from apprentice.learning.train import StepBatches, make_policy_config
+from apprentice.learning.train import StepBatches
+from apprentice.learning.train_config import make_policy_config
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")

@@ -36,7 +36,8 @@ def _torch_threads(threads: int | None) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from apprentice.learning.train import TrainConfig, check_overrides, resume_config, train
+    from apprentice.learning.train import resume_config, train
+    from apprentice.learning.train_config import TrainConfig, check_overrides
 
     _torch_threads(a.threads)
     given = {
@@ -71,7 +72,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from apprentice.learning.train import export_run
+    from apprentice.learning.train_report import export_run
 
     _torch_threads(a.threads)
     try:

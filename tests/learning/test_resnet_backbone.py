@@ -26,7 +26,7 @@ from apprentice.learning.backbone import (
 )
 from apprentice.learning.convert_backbone import main as convert_main
 from apprentice.learning.diffusion.config import DiffusionConfig
-from apprentice.learning.train import backbone_notice
+from apprentice.learning.train_config import backbone_notice
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

@@ -14,8 +14,8 @@ from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
 from apprentice.learning.backbone import CONVERT_COMMAND, ResNet18
 from apprentice.learning.checkpoint import load_policy
 from apprentice.learning.convert_backbone import main as convert_main
-from apprentice.learning.train import read_metrics
 from apprentice.learning.train_cli import main
+from apprentice.learning.train_report import read_metrics
 
 # the paper preset's transformer cut down; its backbone (ResNet-18, frozen BatchNorm) kept
 SMALL = ["d_model=32", "n_heads=4", "dim_feedforward=64", "n_encoder_layers=1",

@@ -14,8 +14,8 @@ from apprentice.dataset.samples import ActSamples, DiffusionSamples, policy_batc
 from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
 from apprentice.learning.checkpoint import load_policy
 from apprentice.learning.runtime import load_onnx_policy
-from apprentice.learning.train import read_metrics
 from apprentice.learning.train_cli import main
+from apprentice.learning.train_report import read_metrics
 
 TOL = 1e-4  # max abs, normalized units
 PNG = b"\x89PNG\r\n\x1a\n"

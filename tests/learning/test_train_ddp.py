@@ -11,7 +11,7 @@ import sys
 
 from apprentice.dataset import EpisodeBag, build_cache, infer_config
 from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
-from apprentice.learning.train import read_metrics
+from apprentice.learning.train_report import read_metrics
 
 
 def test_torchrun_two_processes_gloo(tmp_path) -> None:

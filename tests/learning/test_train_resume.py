@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 
 from apprentice.dataset import EpisodeBag, build_cache, infer_config
 from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
-from apprentice.learning.train import StepBatches, TrainConfig, read_metrics, resume_config, train
+from apprentice.learning.train import StepBatches, resume_config, train
+from apprentice.learning.train_config import TrainConfig
+from apprentice.learning.train_report import read_metrics
 
 TINY = {
     "act": dict(d_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=1,
