@@ -15,16 +15,22 @@ from apprentice.pipeline import add_demo_arguments, run_demo
 from apprentice.robot_cli import add_hardware_arguments, args_graph, preflight
 from apprentice.robot_cli import add_subcommands as add_robot_subcommands
 from apprentice.transport import ros_env
+from apprentice.viz.cli import add_subcommands as add_view_subcommands
+from apprentice.viz.live import add_view_arguments, view_options, with_viewer
 
 
 def cmd_graph_run(a: argparse.Namespace) -> int:
     graph = args_graph(a)
     preflight(graph)  # hardware that is not there: before any process starts
+    view = view_options(a.view, a.view_save)
+    graph = with_viewer(graph, view)
     env = ros_env(domain_id=a.domain, shm=not a.no_shm)
     print(
         f"graph {graph.name}: {len(graph.processes)} process(es), ROS_DOMAIN_ID="
         f"{env.get('ROS_DOMAIN_ID', '0')}; Ctrl-C stops"
     )
+    if view is not None:
+        print(view.describe(), flush=True)
     return GraphRunner(graph, env=env).start().wait()
 
 
@@ -99,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
     add_hardware_arguments(run)  # robot graphs: --port ARM=PORT, --camera, --calibration
     run.add_argument("--domain", type=int, help="ROS_DOMAIN_ID (default: inherited)")
     run.add_argument("--no-shm", action="store_true", help="default Fast DDS transports")
+    add_view_arguments(run)
     run.set_defaults(func=cmd_graph_run)
 
     demo = sub.add_parser(
@@ -115,6 +122,7 @@ def parser() -> argparse.ArgumentParser:
     recov.set_defaults(func=cmd_recover)
     add_learning_subcommands(sub)  # dataset build, train, export (torch imported only to run)
     add_eval_subcommands(sub)  # eval, eval compare
+    add_view_subcommands(sub)  # view (Rerun; rerun imported only to run)
     sub.add_parser("list-devices", help="serial ports and cameras").set_defaults(
         func=cmd_list_devices
     )

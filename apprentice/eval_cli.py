@@ -3,13 +3,15 @@ here).
 
     apprentice eval --policy runs/x/policy --episodes 50 [--seed0 1000] [--graph eval_sim_aloha]
     apprentice eval compare runs/eval-a runs/eval-b
+    apprentice eval report runs/eval-a
 
 `eval` starts the sim robot of an eval graph (launch/graphs/eval_sim_aloha.yaml) and an eval
 session (apprentice_ros.eval_session) that runs one episode per seed (seed0, seed0 + 1, ...),
 each with a fresh policy node built from the graph's `policy` process. It prints a per-episode
 table, the success rate with its 95 % Wilson interval and the per-stage rates
 (`apprentice.evaluation`), and writes <out>/results.json, a video, a joint plot and the
-rollout's streams per episode.
+rollout's streams per episode, and <out>/report.html (`apprentice.report`; `eval report`
+rewrites it). On a terminal the episodes show as one progress line (`apprentice.progress`).
 
 Seeds the policy was trained on are refused: the card lists the scene seeds of its dataset's
 episodes (`train_seeds`), and an eval whose seeds overlap them would measure recall of
@@ -47,6 +49,9 @@ from apprentice.evaluation import (
     seen_seeds,
     summarize,
 )
+from apprentice.progress import EpisodeProgress, relay_thread
+from apprentice.report import REPORT_FILE, write_report
+from apprentice.viz.live import add_view_arguments, view_options, with_viewer
 
 EVAL_GRAPH = "eval_sim_aloha"
 POLICY_LABEL = "policy"  # the eval graph's policy process, restarted per episode
@@ -231,7 +236,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise UserError("eval needs --policy (or: apprentice eval compare A B)")
     if a.episodes < 1:
         raise UserValueError(f"--episodes must be at least 1, got {a.episodes}")
-    from apprentice.graph import GraphRunner, write_params_file
+    from apprentice.graph import GraphRunner, ProcessSpec, write_params_file
     from apprentice.learning.runtime import CARD_FILE
     from apprentice.policy_server.card import load_card, unverified_warning
     from apprentice.sim.scenes import get_scene
@@ -258,6 +263,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
         key, _, value = item.partition("=")
         params[key] = yaml.safe_load(value)
     params_file = write_params_file(params, out, POLICY_LABEL)
+    view = view_options(a.view, a.view_save)  # the viewer also shows each episode's policy
+    sim_graph = with_viewer(sim_graph, view, extra=(ProcessSpec("policy_node", POLICY_LABEL,
+                                                                params),))  # fmt: skip
     domain = a.domain if a.domain is not None else isolated_domain_id()
     env = ros_env(domain_id=domain)
     print(
@@ -266,18 +274,27 @@ def cmd_eval(a: argparse.Namespace) -> int:
         f"{seed_ranges(range(a.seed0, a.seed0 + a.episodes))}, ROS_DOMAIN_ID={domain}",
         flush=True,
     )
+    if view is not None:
+        print(view.describe(), flush=True)
     episodes_file = out / "episodes.json"
     cam = params["cameras"][0]
     fps = float(sim_graph.processes[0].parameters.get("camera_rate", 30.0))
+    tty = sys.stdout.isatty()  # a progress line; else the session's `[i/N] {json}` lines
     with GraphRunner(sim_graph, env=env, log_dir=out / "logs") as runner:
-        session = subprocess.run(
+        with subprocess.Popen(
             [sys.executable, "-m", "apprentice_ros.eval_session", "--policy-params",
              str(params_file), "--episodes", str(a.episodes), "--duration", str(a.duration),
              "--arms", *params["arms"], "--camera", cam, "--fps", str(fps), "--out", str(out),
              "--home", json.dumps(home_pose(scene, params["arms"])),
              "--json", str(episodes_file)],
-            env=env, check=False,
-        )  # fmt: skip
+            env=env, stdout=subprocess.PIPE if tty else None, text=True,
+        ) as session:  # fmt: skip
+            shown = session.stdout and relay_thread(
+                session.stdout, EpisodeProgress(a.episodes, sys.stdout)
+            )
+            session.wait()
+            if shown:
+                shown.join()
         died = runner.poll()
     rows = json.loads(episodes_file.read_text()) if episodes_file.exists() else []
     if died or session.returncode != 0:
@@ -298,6 +315,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     print(f"success {format_rate(summary['successes'], summary['episodes'])}, Wilson score; "
           f"results {out / RESULTS_FILE}")  # fmt: skip
     print(f"stages reached ({task}): {format_stages(summary['stages'])}")
+    print(f"report {write_report(out)}")
     if summary.get("sim_stalled"):
         stalled = summary["sim_stalled"]
         print(f"warning: the simulator stalled in {stalled} episode(s) (host overloaded?): "
@@ -342,6 +360,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    print(f"report {write_report(a.folder)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line
 
@@ -360,19 +383,25 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="policy node parameter, e.g. --set execution=receding")  # fmt: skip
     p.add_argument("--domain", type=int, help="ROS_DOMAIN_ID (default: a free one)")
+    add_view_arguments(p)
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Registers `eval` (and `eval compare`) on the main CLI's subparsers."""
     p = sub.add_parser(
         "eval", help="closed-loop evaluation of an exported policy in simulation",
-        usage="apprentice eval --policy DIR [options]\n       apprentice eval compare A B",
+        usage="apprentice eval --policy DIR [options]\n       apprentice eval compare A B\n"
+        "       apprentice eval report DIR",
     )  # fmt: skip
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
-    more = p.add_subparsers(dest="eval_cmd", metavar="compare")  # optional: plain `eval` runs
+    more = p.add_subparsers(dest="eval_cmd", metavar="compare|report")  # optional: `eval` runs
     c = more.add_parser("compare", help="two eval folders' rates and whether they differ",
                         prog="apprentice eval compare")  # fmt: skip
     c.add_argument("a", help="eval folder A (its results.json)")
     c.add_argument("b", help="eval folder B")
     c.set_defaults(func=cmd_compare)
+    r = more.add_parser("report", help=f"(re)write an eval folder's {REPORT_FILE}",
+                        prog="apprentice eval report")  # fmt: skip
+    r.add_argument("folder", help="an eval folder (its results.json)")
+    r.set_defaults(func=cmd_report)

@@ -30,6 +30,9 @@ class ProcessSpec:
     executable: str
     label: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    # An optional process (the live viewer) may exit without stopping the graph: GraphRunner
+    # reports its exit once on stderr and leaves it out of poll() and the exit code.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ class Graph:
                     f"graph {self.name}: process {p.label} has no parameter(s) {sorted(unknown)}"
                 )
             applied = {k: v for k, v in mine.items() if k in p.parameters}
-            procs.append(ProcessSpec(p.executable, p.label, {**p.parameters, **applied}))
+            procs.append(
+                ProcessSpec(p.executable, p.label, {**p.parameters, **applied}, p.optional)
+            )
         unknown = set(scoped.get("", {})) - {k for p in self.processes for k in p.parameters}
         if unknown:
             names = sorted(unknown)
@@ -164,6 +169,7 @@ class GraphRunner:
         self._tmp = tempfile.TemporaryDirectory(prefix=f"graph-{graph.name}-")
         self.log_dir = log_dir
         self.procs: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
+        self._reported: set[str] = set()  # optional processes whose exit was reported
 
     def start(self) -> GraphRunner:
         folder = Path(self._tmp.name)
@@ -194,8 +200,16 @@ class GraphRunner:
             return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     def poll(self) -> list[tuple[str, int]]:
-        """(label, exit code) of every process that has exited."""
-        return [(s.label, p.returncode) for s, p in self.procs if p.poll() is not None]
+        """(label, exit code) of every process that has exited; an optional one's exit is
+        reported on stderr once instead."""
+        exited = [(s, p.returncode) for s, p in self.procs if p.poll() is not None]
+        for spec, code in exited:
+            if spec.optional and spec.label not in self._reported:
+                self._reported.add(spec.label)
+                log = f"; log {self.log_dir / f'{spec.label}.log'}" if self.log_dir else ""
+                print(f"graph {self.graph.name}: {spec.label} exited (code {code}); the rest "
+                      f"goes on{log}", file=sys.stderr, flush=True)  # fmt: skip
+        return [(s.label, code) for s, code in exited if not s.optional]
 
     def wait(self) -> int:
         """Blocks until any process exits (or Ctrl-C), then stops the rest; worst exit code."""
@@ -210,8 +224,10 @@ class GraphRunner:
         """SIGINT (clean shutdown), then SIGTERM, then SIGKILL for whatever is left."""
         codes = stop_processes([p for _, p in self.procs], timeout)
         self._tmp.cleanup()
-        # -SIGINT / 0 are clean stops; anything else is reported.
-        bad = [c for c in codes if c not in (0, -signal.SIGINT, None)]
+        # -SIGINT / 0 are clean stops; anything else is reported (an optional process's
+        # failure was reported by poll() and is not the run's).
+        bad = [c for (s, _), c in zip(self.procs, codes, strict=True)
+               if not s.optional and c not in (0, -signal.SIGINT, None)]  # fmt: skip
         return bad[0] if bad else 0
 
     def __enter__(self) -> GraphRunner:

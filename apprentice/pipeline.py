@@ -1,6 +1,7 @@
 """The end-to-end demo pipeline (no rclpy here).
 
-    apprentice demo [--scene aloha_transfer_cube | so100_lift] [--out DIR] [--fresh]
+    apprentice demo [--scene aloha_transfer_cube | so100_lift | aloha_insertion] [--out DIR]
+                    [--fresh]
 
 The demo runs every stage as the CLI command a user would type, in an output folder:
 scripted demos → bags (`apprentice record`) → dataset cache → CPU-preset training → ONNX
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -29,9 +29,11 @@ import yaml
 
 from apprentice.eval_cli import EVAL_GRAPH, sim_process
 from apprentice.evaluation import RESULTS_FILE, format_rate, format_stages, summarize
+from apprentice.report import REPORT_FILE, write_report
 
 RECORD_GRAPH = "record_sim_aloha"  # `apprentice record`'s default graph
 FEW_DEMOS = 10  # fewer successful demonstrations than this: warn
+RECORD_ROWS = "record_rows.json"  # the record stage's per-episode rows (`apprentice record --rows`)
 
 
 @dataclass(frozen=True)
@@ -51,18 +53,11 @@ SCENES = {
                                      "runs/demo"),
     "so100_lift": DemoScene("record_sim_so100", "eval_sim_so100", ("arm",), "front",
                             "runs/demo-so100"),
+    # the transfer cube's top camera: at 128×96 the peg is 16×2.5 px, the socket 17×5 px
+    "aloha_insertion": DemoScene("record_sim_aloha_insertion", "eval_sim_aloha_insertion",
+                                 ("left", "right"), "top", "runs/demo-insertion"),
 }  # fmt: skip
 DEFAULT_SCENE = "aloha_transfer_cube"
-
-
-def parse_record_rows(text: str) -> list[dict[str, Any]]:
-    """The per-episode rows `apprentice record --scripted` prints (`[i/N] {json}`)."""
-    rows = []
-    for line in text.splitlines():
-        m = re.match(r"\[\d+/\d+\] (\{.*\})\s*$", line)
-        if m:
-            rows.append(json.loads(m.group(1)))
-    return rows
 
 
 @dataclass(frozen=True)
@@ -123,12 +118,35 @@ class DemoSelection:
     unsuccessful: int  # demonstrations whose task failed
     flagged: dict[str, str]  # episode → the quality gate's reasons (left out unless included)
 
-    def summary(self, total: int) -> str:
-        flagged = "; ".join(f"{ep}: {why}" for ep, why in self.flagged.items())
+    def summary(self, total: int, listed: int = 3) -> str:
+        """One line: up to `listed` flagged episodes with their findings; more are counted by
+        kind of finding (lost messages, rate, gaps, ...), never printed whole (100 flagged
+        episodes made a 40 kB line)."""
         head = f"{self.kept} of {total} demonstrations kept: {self.unsuccessful} failed the task"
-        return f"{head}, {len(self.flagged)} flagged by the quality gate" + (
-            f" ({flagged})" if flagged else ""
-        )
+        head += f", {len(self.flagged)} flagged by the quality gate"
+        if not self.flagged:
+            return head
+        if len(self.flagged) <= listed:
+            return head + f" ({'; '.join(f'{ep}: {why}' for ep, why in self.flagged.items())})"
+        kinds: dict[str, int] = {}
+        for why in self.flagged.values():
+            for kind in {_finding_kind(part) for part in why.split("; ")}:
+                kinds[kind] = kinds.get(kind, 0) + 1
+        counted = ", ".join(f"{k} in {n}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        names = ", ".join(list(self.flagged)[:listed])
+        return f"{head} ({names} and {len(self.flagged) - listed} more; {counted})"
+
+
+_KIND_NAMES = {"lost": "messages lost", "gap": "gaps", "ends": "streams end early",
+               "starts": "streams start late", "future": "future stamps"}  # fmt: skip
+
+
+def _finding_kind(finding: str) -> str:
+    """A quality-gate finding's kind: its text after the topic, without numbers."""
+    for word in ("lost", "rate", "gap", "skew", "ends", "starts", "future", "out of order"):
+        if word in finding:
+            return _KIND_NAMES.get(word, word)
+    return finding.split(": ", 1)[-1][:40]
 
 
 def link_successful(
@@ -190,8 +208,8 @@ def demo_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
     return [
         Stage("record", lambda: (kept / "record.json").exists(),
               ["apprentice", "record", "--graph", cfg.demo_scene.record_graph, "--episodes",
-               str(cfg.episodes), "--dataset", str(demos), "-p", f"image_width={w}", "-p",
-               f"image_height={h}"], out / "record.log"),
+               str(cfg.episodes), "--dataset", str(demos), "--rows", str(out / RECORD_ROWS),
+               "-p", f"image_width={w}", "-p", f"image_height={h}"], out / "record.log"),
         Stage("dataset", lambda: is_cache(cache),
               ["apprentice", "dataset", "build", str(kept), "--out", str(cache), "--config",
                str(out / "dataset.yaml"), "--skip-bad", "--overwrite"],
@@ -310,7 +328,7 @@ def run_demo(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         _run_stage(stage)
         if stage.name == "record":
-            rows = parse_record_rows(stage.log.read_text())
+            rows = json.loads((out / RECORD_ROWS).read_text())
             chosen = link_successful(out / "demos", rows, out / "demos_ok", args.include_flagged)
             print(f"{head}: {chosen.summary(len(rows))}", flush=True)
             if chosen.flagged and not args.include_flagged:
@@ -323,6 +341,9 @@ def run_demo(args: argparse.Namespace) -> int:
             (out / "demos_ok" / "record.json").write_text(json.dumps(rows, indent=2))
         print(f"{head}: {time.monotonic() - t0:.0f} s", flush=True)
     scripted = summarize(json.loads((out / "demos_ok" / "record.json").read_text()))
+    report = out / "eval" / REPORT_FILE
+    if not report.exists():  # an eval from before the report
+        write_report(out / "eval")
     results = json.loads((out / "eval" / RESULTS_FILE).read_text())
     policy = summarize(results["rows"], results.get("task"))  # results.json of any version
     ratio = (policy["success_rate"] / scripted["success_rate"]) if scripted["success_rate"] else 0
@@ -333,7 +354,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"{format_rate(policy['successes'], policy['episodes'])}, {100 * ratio:.0f} % of the "
         f"demonstrator\n"
         f"  stages reached: {format_stages(policy.get('stages', {}))}\n"
-        f"  videos in {out / 'eval' / 'videos'}",
+        f"  report {report} (videos in {out / 'eval' / 'videos'})",
         flush=True,
     )
     return 0

@@ -28,6 +28,7 @@ import yaml
 from apprentice.errors import UserError
 from apprentice.graph import Graph, GraphRunner, load_graph, parse_overrides, stop_processes
 from apprentice.pipeline import RECORD_GRAPH  # the simulated ALOHA and its scripted demos
+from apprentice.progress import EpisodeProgress, relay_thread
 from apprentice.robot_graphs import (
     RobotSetup,
     calibration_path,
@@ -36,6 +37,7 @@ from apprentice.robot_graphs import (
     robot_graph,
 )
 from apprentice.transport import isolated_domain_id, ros_env
+from apprentice.viz.live import add_view_arguments, view_options, with_viewer
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -126,11 +128,20 @@ def cmd_record(a: argparse.Namespace) -> int:
     graph = args_graph(a, a.robot, "record")
     interactive = a.interactive or a.robot is not None
     preflight(graph)
+    view = view_options(a.view, a.view_save)
+    graph = with_viewer(graph, view)
     domain = a.domain if a.domain is not None else isolated_domain_id()
     env = ros_env(domain_id=domain)
     print(f"record: graph {graph.name} on ROS_DOMAIN_ID={domain}, dataset {dataset}", flush=True)
+    if view is not None:
+        print(view.describe(), flush=True)
     mode = ["--interactive"] if interactive else ["--scripted", "--episodes", str(a.episodes)]
     logs = dataset / "logs"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rows = Path(a.rows).resolve() if a.rows else logs / f"session-{stamp}.json"
+    rows.parent.mkdir(parents=True, exist_ok=True)
+    # scripted on a terminal: one progress line (the interactive session draws its own status)
+    tty = not interactive and sys.stdout.isatty()
     lost = LostEpisodes(dataset)
     recorders = {p.label for p in graph.processes if p.executable == "recorder"}
 
@@ -141,9 +152,15 @@ def cmd_record(a: argparse.Namespace) -> int:
 
     with GraphRunner(graph, env=env, log_dir=logs) as runner:
         session = subprocess.Popen(
-            [sys.executable, "-m", "apprentice_ros.record_session", *mode], env=env
+            [sys.executable, "-m", "apprentice_ros.record_session", *mode, "--json", str(rows)],
+            env=env, stdout=subprocess.PIPE if tty else None, text=True,
+        )  # fmt: skip
+        shown = session.stdout and relay_thread(
+            session.stdout, EpisodeProgress(a.episodes, sys.stdout, gate=True)
         )
         died = watch(session, runner, recorders, restarting)
+        if shown:
+            shown.join(timeout=5.0)
     lost.new()
     for label, code in died:
         print(f"record: {label} exited ({exit_reason(code)}): "
@@ -285,6 +302,8 @@ def cmd_deploy(a: argparse.Namespace) -> int:
         graph = graph.with_parameters(overrides)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    view = view_options(a.view, a.view_save)
+    graph = with_viewer(graph, view)
     if a.print_graph:
         doc = {"name": graph.name, "processes": [
             {"executable": p.executable, "label": p.label, "parameters": p.parameters}
@@ -300,6 +319,8 @@ def cmd_deploy(a: argparse.Namespace) -> int:
         f"{env.get('ROS_DOMAIN_ID', '0')}; Ctrl-C stops (torque off)",
         flush=True,
     )
+    if view is not None:
+        print(view.describe(), flush=True)
     return GraphRunner(graph, env=env).start().wait()
 
 
@@ -318,6 +339,7 @@ def _robot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--param", action="append", default=[], metavar="[LABEL.]KEY=VALUE",
                    help="a node parameter, for every process that has it or one process")
     p.add_argument("--domain", type=int, help="ROS_DOMAIN_ID")  # fmt: skip
+    add_view_arguments(p)
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -329,6 +351,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--task", help="task label saved with each episode")
     rec.add_argument("--episodes", type=int, default=1, help="scripted demonstrations to record")
     rec.add_argument("--dataset", default="data/demos", help="dataset folder (created or added to)")
+    rec.add_argument("--rows", metavar="FILE",
+                     help="the session's per-episode rows as JSON, written after each episode "
+                     "(default DATASET/logs/session-TIME.json)")  # fmt: skip
     mode = rec.add_mutually_exclusive_group()
     mode.add_argument("--interactive", action="store_true",
                       help="keys s/k/d/q start, keep, discard, quit (the default with --robot)")

@@ -258,7 +258,10 @@ def percentiles(x: np.ndarray) -> dict[str, float]:
 
 class PolicyRuntime:
     """Owns the two threads. `publish(Command)` is called from the control thread, every tick;
-    `log(level, text)` for rare events (over budget, inference errors, mode changes)."""
+    `on_chunk(obs_stamp, chunk)` (optional) from the inference thread, once per inference, with
+    the raw chunk (K, A) in joint units just after the executor took it (so it never delays a
+    command; the time it takes is `chunk_publish_s` in stats); `log(level, text)` for rare
+    events (over budget, inference errors, mode changes)."""
 
     def __init__(
         self,
@@ -268,18 +271,21 @@ class PolicyRuntime:
         cfg: RuntimeConfig,
         publish: Callable[[Command], None],
         log: Callable[[str, str], None] = lambda level, text: None,
+        on_chunk: Callable[[float, np.ndarray], None] | None = None,
     ) -> None:
         if cfg.execution not in EXECUTORS:
             raise ValueError(f"execution must be one of {sorted(EXECUTORS)}")
         self.policy, self.obs, self.cfg = policy, observations, cfg
         self.safety = SafetyLayer(safety)
-        self.publish, self.log = publish, log
+        self.publish, self.log, self.on_chunk = publish, log, on_chunk
         self.period = 1.0 / cfg.control_rate_hz
         self.executor: ChunkExecutor | None = None
         self.latency_estimate = 0.0  # s, inference
-        self.counts = {"ticks": 0, "over_budget": 0, "inferences": 0, "inference_errors": 0}
+        self.counts = {"ticks": 0, "over_budget": 0, "inferences": 0, "inference_errors": 0,
+                       "chunk_publish_errors": 0}  # fmt: skip
         self.periods, self.lateness = _Ring(), _Ring()
         self.inference_s, self.obs_to_command = _Ring(4096), _Ring()
+        self.chunk_publish_s = _Ring(4096)
         self.first_command_wall: float | None = None
         self.realtime = False  # SCHED_FIFO granted to the control thread
         self._stop = threading.Event()
@@ -440,7 +446,22 @@ class PolicyRuntime:
             self.latency_estimate = max(took, 0.9 * self.latency_estimate + 0.1 * took)
             self.executor.add_chunk(chunk, obs.stamp)
             self.counts["inferences"] += 1
+            if self.on_chunk is not None:
+                self._hand_out(obs.stamp, chunk)
             gc.collect(1)  # young objects only, here where a pause delays nothing
+
+    def _hand_out(self, stamp: float, chunk: np.ndarray) -> None:
+        """The chunk to `on_chunk`, timed; a failure is counted and logged, never fatal to
+        the inference thread."""
+        assert self.on_chunk is not None
+        t0 = time.monotonic()
+        try:
+            self.on_chunk(stamp, chunk)
+        except Exception as exc:
+            self.counts["chunk_publish_errors"] += 1
+            self.log("error", f"publishing the predicted chunk failed: {exc}")
+            return
+        self.chunk_publish_s.add(time.monotonic() - t0)
 
     def stats(self) -> dict:
         ex = self.executor
@@ -459,6 +480,7 @@ class PolicyRuntime:
             "period_error_s": percentiles(np.abs(periods - self.period)),
             "lateness_s": percentiles(self.lateness.values()),
             "inference_s": percentiles(self.inference_s.values()),
+            "chunk_publish_s": percentiles(self.chunk_publish_s.values()),
             "obs_to_command_s": percentiles(self.obs_to_command.values()),
             "first_command_wall": self.first_command_wall,
         }

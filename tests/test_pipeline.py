@@ -11,31 +11,17 @@ from apprentice.graph import load_graph
 from apprentice.pipeline import (
     SCENES,
     DemoConfig,
+    DemoSelection,
     Stage,
     dataset_config,
     demo_setup,
     demo_stages,
     drop_run_without_ema,
     link_successful,
-    parse_record_rows,
     run_demo,
     set_aside_if_other_setup,
     stale_after,
 )
-
-
-def test_parse_record_rows_reads_only_episode_lines() -> None:
-    text = (
-        "record: graph record_sim_aloha on ROS_DOMAIN_ID=130\n"
-        '[1/2] {"episode": "episode_0000", "seed": 1, "success": true}\n'
-        "some log line [x/y] {}\n"
-        '[2/2] {"episode": "episode_0001", "seed": 2, "success": false}\n'
-        "success 1/2; quality ok 0/2\n"
-    )
-    rows = parse_record_rows(text)
-    assert [(r["episode"], r["success"]) for r in rows] == [
-        ("episode_0000", True), ("episode_0001", False)
-    ]  # fmt: skip
 
 
 def _stage(name: str, done: bool) -> Stage:
@@ -106,6 +92,20 @@ def test_link_successful_keeps_successful_demos_that_passed_the_quality_gate(
     assert link_successful(demos, rows, tmp_path / "ok", include_flagged=True).kept == 3
     assert link_successful(demos, rows[1:2], tmp_path / "ok").kept == 0  # rebuilt, not appended
     assert list((tmp_path / "ok").iterdir()) == []
+
+
+def test_selection_summary_counts_many_flagged_episodes_by_kind() -> None:
+    """100 flagged episodes once printed a 40 kB line: past three, findings are counted."""
+    flagged = {
+        f"episode_{i:04d}": "/left/joint_states: 45 of 871 messages lost (5.2% > 2.0%)"
+        + ("; /cameras/top/image_raw: gap of 0.30 s (> 0.25 s) 6.49 s into the stream" * (i % 2))
+        for i in range(40)
+    }
+    line = DemoSelection(55, 5, flagged).summary(100)
+    assert line == (
+        "55 of 100 demonstrations kept: 5 failed the task, 40 flagged by the quality gate "
+        "(episode_0000, episode_0001, episode_0002 and 37 more; messages lost in 40, gaps in 20)"
+    )
 
 
 def test_dataset_config_feeds_only_what_the_robot_has() -> None:

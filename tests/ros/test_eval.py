@@ -15,10 +15,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import rerun as rr
+from rrd_rows import rrd_rows
 from tiny_act import export_tiny_act
 
 from apprentice.eval_cli import add_subcommands
 from apprentice.sim.scenes import get_scene
+from apprentice.viz.rollout import log_rollout
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -88,10 +91,40 @@ def test_eval_runs_episodes_and_writes_table_json_videos(policy_dir, tmp_path, c
         assert first is not None and first.shape == (5 * H, 5 * W, 3) and first.std() > 5
         assert Path(r["plot"]).read_bytes()[:4] == b"\x89PNG"
         with np.load(r["rollout"]) as z:  # the plotted streams, as arrays
+            frames_t = z["top_frames_t"]  # the video's frames, by their header stamps
+            assert len(frames_t) == r["frames"] and np.all(np.diff(frames_t) > 0)
+            assert len(z["success_t"]) == len(z["success"]) > 10  # /sim/success at 10 Hz
             for arm in ("left", "right"):
                 assert z[f"{arm}_commands"].shape[1] == 7 and len(z[f"{arm}_commands"]) > 50
                 assert len(z[f"{arm}_joints_t"]) == len(z[f"{arm}_joints"]) > 50
                 assert np.all(np.diff(z[f"{arm}_joints_t"]) >= 0)
+                # the policy's chunks: one per inference, 20 points 1/50 s apart, each from
+                # the camera frame the inference saw (the observation's stamp)
+                chunk_t, chunks = z[f"{arm}_chunk_t"], z[f"{arm}_chunks"]
+                assert chunks.shape == (len(chunk_t), 20, 7) and len(chunk_t) > 10
+                assert np.all(np.diff(chunk_t) > 0)
+                assert np.allclose(z[f"{arm}_chunk_offsets"], np.arange(20) / 50)
+                seen = chunk_t[chunk_t >= frames_t[0]]
+                gap = np.abs(seen[:, None] - frames_t[None, :]).min(axis=1)
+                assert np.mean(gap < 1e-6) > 0.9, gap
+            assert r["chunks"] == len(z["left_chunk_t"]) + len(z["right_chunk_t"])
+    # the first episode drawn in Rerun: every sample of the rollout, at its stamps
+    rec = rr.RecordingStream("apprentice-test")
+    rec.save(tmp_path / "ep.rrd")
+    view = log_rollout(rec, out, 0, say=lambda _: None)
+    rec.flush()
+    rec.disconnect()
+    rows_rrd, _, _ = rrd_rows(tmp_path / "ep.rrd")
+    with np.load(rows[0]["rollout"]) as z:
+        for arm in ("left", "right"):
+            names = [str(n) for n in z[f"{arm}_names"]]
+            assert list(view.arms[arm]) == names
+            t = z[f"{arm}_joints_t"]
+            assert rows_rrd[f"joints/{arm}/{names[0]}/state"][0] == len(t)
+            assert rows_rrd[f"joints/{arm}/{names[-1]}/command"][0] == len(z[f"{arm}_commands"])
+            assert rows_rrd[f"joints/{arm}/{names[1]}/chunk"][0] == z[f"{arm}_chunks"].shape[0] * 20
+        assert rows_rrd["cameras/eval"][0] == rows[0]["frames"] == len(z["top_frames_t"])
+    assert view.scene == "aloha_transfer_cube" and view.notes == [], view.notes
     # the per-episode table and the rate
     assert "episode  seed  success" in printed
     assert f"success {results['successes']}/2 (" in printed and "95 % interval" in printed

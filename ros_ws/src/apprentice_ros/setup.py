@@ -16,6 +16,7 @@ executables = [
     "recorder",
     "record_session",
     "probe",
+    "viewer",
 ]
 
 repo = Path(__file__).resolve().parents[3]

@@ -6,9 +6,10 @@ For each episode: command the arms home (the arm drivers hold the last command t
 reset the simulator (/sim/reset: arms home, objects at the next seed), let the objects settle
 while still commanding home, start a fresh policy node process (`apprentice_ros.policy_node`
 with the given params file), and from its first command on, run for `--duration` seconds while
-recording /sim/success, /sim/task_stage, the camera's frames, joint states and commands. Then
-the policy node is stopped (SIGINT) and the episode's video (DIR/videos/episode_NNN.avi) and
-joint plot (DIR/plots/episode_NNN.png) are written.
+recording /sim/success, /sim/task_stage, the camera's frames, joint states, commands and the
+policy's predicted chunks (/<arm>/predicted_chunk). Then the policy node is stopped (SIGINT) and
+the episode's video (DIR/videos/episode_NNN.avi), joint plot (DIR/plots/episode_NNN.png) and
+streams (DIR/rollouts/episode_NNN.npz, `save_rollout`) are written.
 
 Why a process per episode: the policy node keeps its chunk buffers and its observation
 history across an e-stop/rearm, so a rearm after a reset would blend chunks predicted for the
@@ -37,6 +38,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, Int32
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
 
 from apprentice.eval_cli import plot_joints, write_video
 from apprentice.graph import stop_processes
@@ -70,6 +72,10 @@ class EvalSession(Node):
                 Float64MultiArray, f"/{arm}/commands", lambda m, a=arm: self._on_command(a, m),
                 10,
             )  # fmt: skip
+            self.create_subscription(
+                JointTrajectory, f"/{arm}/predicted_chunk", lambda m, a=arm: self._on_chunk(a, m),
+                50,
+            )  # fmt: skip
         self._reset = self.create_client(Trigger, "/sim/reset")
         self._command_pubs = {
             arm: self.create_publisher(Float64MultiArray, f"/{arm}/commands", 10) for arm in arms
@@ -86,7 +92,15 @@ class EvalSession(Node):
     def clear(self) -> None:
         self.success: list[bool] = []
         self.stages: list[int] = []
+        # host arrival times of the above (Bool and Int32 carry no stamp)
+        self.success_t: list[float] = []
+        self.stages_t: list[float] = []
         self.frames: list[np.ndarray] = []  # (H, W, 3) uint8 RGB
+        self.frames_t: list[float] = []  # their header stamps
+        # per arm: (header stamp = the inference's observation, (H, J) predicted positions)
+        self.chunks: dict[str, list[tuple[float, np.ndarray]]] = {a: [] for a in self.arms}
+        self.chunk_offsets: dict[str, np.ndarray] = {}  # (H,) s, the points' time_from_start
+        self.chunks_dropped = 0
         self.joints: dict[str, list[tuple[float, np.ndarray]]] = {a: [] for a in self.arms}
         self.joint_names: dict[str, list[str]] = {}
         self.commands: dict[str, list[tuple[float, np.ndarray]]] = {a: [] for a in self.arms}
@@ -97,14 +111,29 @@ class EvalSession(Node):
     def _on_success(self, msg: Bool) -> None:
         if self.recording:
             self.success.append(bool(msg.data))
+            self.success_t.append(time.time())
 
     def _on_stage(self, msg: Int32) -> None:
         if self.recording:
             self.stages.append(int(msg.data))
+            self.stages_t.append(time.time())
 
     def _on_image(self, msg: Image) -> None:
         if self.recording:
             self.frames.append(image_to_array(msg).copy())
+            self.frames_t.append(from_time(msg.header.stamp))
+
+    def _on_chunk(self, arm: str, msg: JointTrajectory) -> None:
+        if not self.recording:
+            return
+        q = np.array([p.positions for p in msg.points], dtype=np.float32)  # (H, J)
+        offsets = np.array([from_time(p.time_from_start) for p in msg.points])
+        known = self.chunk_offsets.setdefault(arm, offsets)
+        names = self.joint_names.get(arm)
+        if q.ndim != 2 or len(q) != len(known) or (names and q.shape[1] != len(names)):
+            self.chunks_dropped += 1  # not one policy's chunk shape (in the row, never silent)
+            return
+        self.chunks[arm].append((from_time(msg.header.stamp), q))
 
     def _on_joints(self, arm: str, msg: JointState) -> None:
         self.joint_names.setdefault(arm, list(msg.name))
@@ -196,13 +225,31 @@ def run_episode(
     }
     row["plot"] = str(plot_joints(series, out / "plots" / f"{name}.png", title=f"{name} "
                                   f"(seed {sim['seed']}, success {row['success']})"))  # fmt: skip
-    row["rollout"] = str(save_rollout(series, out / "rollouts" / f"{name}.npz"))
+    row["chunks"] = sum(len(c) for c in node.chunks.values())
+    if node.chunks_dropped:
+        row["chunks_dropped"] = node.chunks_dropped
+    chunks = {arm: (node.chunk_offsets.get(arm), node.chunks[arm]) for arm in node.arms}
+    task = {"success": (node.success_t, node.success), "stage": (node.stages_t, node.stages)}
+    row["rollout"] = str(save_rollout(
+        series, out / "rollouts" / f"{name}.npz", chunks, {a.camera: node.frames_t}, task
+    ))  # fmt: skip
     return row
 
 
-def save_rollout(series: dict, path: Path) -> Path:
-    """The episode's streams as arrays: <arm>_joints_t (N,) s since the epoch, <arm>_joints
-    (N, J), <arm>_commands_t, <arm>_commands (M, J), <arm>_names."""
+def save_rollout(
+    series: dict, path: Path, chunks: dict | None = None,
+    frames_t: dict[str, list[float]] | None = None,
+    task: dict[str, tuple[list[float], list]] | None = None,
+) -> Path:  # fmt: skip
+    """The episode's streams as arrays (times: s since the epoch):
+      <arm>_names (J,), <arm>_joints_t (N,), <arm>_joints (N, J), <arm>_commands_t (M,),
+      <arm>_commands (M, J)
+      <arm>_chunk_t (C,) the inferences' observation stamps, <arm>_chunks (C, H, J) float32
+      the predicted positions, <arm>_chunk_offsets (H,) s after its stamp each point is for
+      (chunks: arm → (offsets or None, [(stamp, (H, J))]); an arm without offsets has none)
+      <cam>_frames_t (F,) header stamps of the video's frames, in order (frames_t: cam → list)
+      success_t, success, stage_t, stage: /sim's messages, host arrival times (task)
+    Files from before chunks, frame stamps and task times lack those keys."""
     arrays: dict[str, np.ndarray] = {}
     for arm, (names, joints, commands) in series.items():
         arrays[f"{arm}_names"] = np.asarray(names, dtype=str)
@@ -211,6 +258,17 @@ def save_rollout(series: dict, path: Path) -> Path:
             arrays[f"{arm}_{key}"] = (
                 np.stack([v for _, v in samples]) if samples else np.zeros((0, len(names)))
             )
+    for arm, (offsets, samples) in (chunks or {}).items():
+        if offsets is None:
+            continue
+        arrays[f"{arm}_chunk_offsets"] = np.asarray(offsets, dtype=np.float64)
+        arrays[f"{arm}_chunk_t"] = np.asarray([t for t, _ in samples], dtype=np.float64)
+        arrays[f"{arm}_chunks"] = np.stack([q for _, q in samples]).astype(np.float32)
+    for cam, stamps in (frames_t or {}).items():
+        arrays[f"{cam}_frames_t"] = np.asarray(stamps, dtype=np.float64)
+    for key, (times, values) in (task or {}).items():
+        arrays[f"{key}_t"] = np.asarray(times, dtype=np.float64)
+        arrays[key] = np.asarray(values, dtype=np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
     return path

@@ -38,6 +38,7 @@ Parameters (DEFAULTS below, with units; these are the ones a robot config sets):
   allow_camera_mismatch   run despite a lens mismatch or a missing camera_info (warns)
   joint_lower/joint_upper position limits, card joint order (required); safe_pose optional
   control_rate, execution, output, max_velocity, max_accel, ...: the runtime and safety layer
+  publish_chunks          publish each inference's chunk on /<arm>/predicted_chunk (below)
 
 Topics:
   in   /<arm>/joint_states             sensor_msgs/JointState (per arm in `arms`)
@@ -51,6 +52,13 @@ Topics:
        joint_state  /<arm>/joint_commands      sensor_msgs/JointState, stamped with tick time
        trajectory   /<arm>/joint_trajectory    trajectory_msgs/JointTrajectory: this tick's
                                                 command + the safe preview of the chunk ahead
+  out  /<arm>/predicted_chunk          trajectory_msgs/JointTrajectory, once per inference
+       (`publish_chunks`): the policy's raw chunk (joint units, before the safety layer),
+       this arm's joints; header.stamp = the observation stamp the inference used, point k at
+       time_from_start k / the card's rate. The executor places point k at the policy step
+       nearest that stamp + k (at most half a step off) and drops the points already past;
+       receding / rtc execute the first n_execute of them, ensemble averages every chunk
+       covering a step. Written as CDR bytes (trajectory_cdr.py): no GIL-long conversion.
 Services: ~/estop, ~/rearm (std_srvs/Trigger), ~/stats (Trigger: JSON counters and timings).
 """
 
@@ -87,6 +95,7 @@ from apprentice_ros.camera_input import TRANSPORTS, CameraInput
 from apprentice_ros.conversions import from_time, to_time
 from apprentice_ros.params import declare
 from apprentice_ros.runtime import init, spin_nodes
+from apprentice_ros.trajectory_cdr import TrajectoryEncoder
 
 JOINT_QOS = QoSProfile(depth=10)
 IMAGE_QOS = QoSProfile(depth=5)
@@ -105,6 +114,7 @@ DEFAULTS = {
     "ensemble_k": 0.01,
     "output": "forward",  # forward | joint_state | trajectory
     "trajectory_points": 10,
+    "publish_chunks": True,  # /<arm>/predicted_chunk once per inference (eval rollouts, views)
     "max_observation_age": 0.1,  # s: as-of tolerance, and the watchdog's hold threshold
     # s a message's stamp may be ahead of the host clock; one further ahead is dropped and
     # counted per stream (apprentice.stamps: why 0.5 s). Must stay below safe_after.
@@ -186,6 +196,24 @@ class TrajectoryOutput(_Output):
                     time_from_start=Duration(sec=sec, nanosec=int((dt - sec) * 1e9)),
                 ))  # fmt: skip
             pub.publish(msg)
+
+
+class ChunkOutput:
+    """Each inference's chunk (H, J) split per arm onto /<arm>/predicted_chunk, as CDR bytes:
+    a JointTrajectory object would hold the GIL for its C conversion inside publish."""
+
+    def __init__(self, node: Node, arms: dict[str, tuple[str, ...]], horizon: int,
+                 dt: float) -> None:  # fmt: skip
+        self.parts, i = [], 0
+        for arm, names in arms.items():
+            pub = node.create_publisher(JointTrajectory, f"/{arm}/predicted_chunk", JOINT_QOS)
+            encoder = TrajectoryEncoder(names, horizon, dt)
+            self.parts.append((pub, slice(i, i + len(names)), encoder))
+            i += len(names)
+
+    def publish(self, stamp: float, chunk: np.ndarray) -> None:
+        for pub, span, encoder in self.parts:
+            pub.publish(encoder.encode(stamp, chunk[:, span]))
 
 
 OUTPUTS: dict[str, type[_Output]] = {
@@ -295,7 +323,11 @@ class PolicyNode(Node):
 
         # In the card's arm order (the `arms` parameter), never in the order the arms' first
         # joint states happened to arrive: that swapped left and right commands at random.
-        output = OUTPUTS[p["output"]](self, {a: self._arm_names[a] for a in p["arms"]})
+        arm_joints = {a: self._arm_names[a] for a in p["arms"]}
+        output = OUTPUTS[p["output"]](self, arm_joints)
+        chunks = None
+        if p["publish_chunks"]:
+            chunks = ChunkOutput(self, arm_joints, policy.horizon, policy.dt)
         cfg = RuntimeConfig(
             control_rate_hz=p["control_rate"], execution=p["execution"],
             n_execute=p["n_execute"], ensemble_k=p["ensemble_k"],
@@ -303,7 +335,8 @@ class PolicyNode(Node):
             plan_points=p["trajectory_points"] if getattr(output, "wants_plan", False) else 0,
         )  # fmt: skip
         try:
-            self.runtime = PolicyRuntime(policy, self.obs, safety, cfg, output.publish, self._log)
+            self.runtime = PolicyRuntime(policy, self.obs, safety, cfg, output.publish, self._log,
+                                         chunks.publish if chunks else None)  # fmt: skip
             took = self.runtime.warm_up()
         except Exception as exc:  # a graph that loads but does not run on these shapes
             raise PolicyRefused(f"warm-up inference failed: {exc}") from exc

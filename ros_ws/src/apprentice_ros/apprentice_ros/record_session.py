@@ -9,7 +9,8 @@ python -m apprentice_ros.record_session --episodes N [--scripted] [--interactive
 --interactive: a terminal loop; keys: s start, k stop and keep, d discard, q quit. A person
   moves the leader arm meanwhile, and sees the episode's time and every stream's live rate
   (a stream under half its nominal rate is marked LOW); each kept episode's quality verdict.
-Prints one row per episode and a summary table; --json writes the rows.
+Prints one row per episode and a summary table; --json writes the rows (scripted: after every
+episode).
 
 A recorder that dies: `apprentice record` starts a new one and sends this process SIGUSR1.
 A recorder call in flight is given up at once (the dead process will never answer), the episode
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -154,9 +156,10 @@ class Session(Node):
                 self.leader_pub(arm).publish(msg)
 
 
-def run_scripted(node: Session, episodes: int) -> list[dict]:
+def run_scripted(node: Session, episodes: int, json_path: str | None = None) -> list[dict]:
     """`episodes` demonstrations; one the recorder died in is a LOST row and the session goes
-    on with the next (a death before an episode started only delays it)."""
+    on with the next (a death before an episode started only delays it). The rows so far are
+    written to `json_path` after each episode."""
     from apprentice.teleop.scripted import ScriptedDemo
 
     rows = []
@@ -175,7 +178,17 @@ def run_scripted(node: Session, episodes: int) -> list[dict]:
             row = {"episode": exc.episode, "seed": sim["seed"], "success": False, **lost}
         rows.append(row)
         print(f"[{len(rows)}/{episodes}] " + json.dumps(row), flush=True)
+        if json_path:
+            write_rows(rows, json_path)
     return rows
+
+
+def write_rows(rows: list[dict], path: str) -> None:
+    """Through a temporary file and a rename: a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(rows, f, indent=2)
+    os.replace(tmp, path)
 
 
 def scripted_episode(node: Session, demo, sim: dict) -> dict:
@@ -362,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     spinner.start()
     try:
         if a.scripted:
-            rows = run_scripted(node, a.episodes)
+            rows = run_scripted(node, a.episodes, a.json)
         else:
             rows = run_interactive(node, a.status_interval)
     except RuntimeError as exc:  # a service that is not there or did not answer
@@ -376,8 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         node.destroy_node()
     print_table(rows)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        write_rows(rows, a.json)
     return 0
 
 
