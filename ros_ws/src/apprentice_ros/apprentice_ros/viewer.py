@@ -23,6 +23,9 @@ A stamp of zero (a publisher that does not stamp) is replaced by the receive tim
 With `scene` (simulated graphs), the scene's model is drawn in 3D under robot/ and posed
 every `flush_s` from the arms' newest joint states (apprentice.viz.robot_model).
 
+The whole process runs at SCHED_IDLE (`run_idle`): it gets only CPU time no other process
+wants, so a host without spare time slows the view, not the graph.
+
 Sink (`sink`): web (gRPC `grpc_port` + web viewer `web_port`, on all interfaces), spawn (a
 native viewer window), save (`save_path`, an .rrd file, finished on shutdown).
 """
@@ -241,7 +244,20 @@ class ViewerNode(Node):
         super().destroy_node()
 
 
+def run_idle() -> bool:
+    """This process (and every thread it starts afterwards: DDS, Rerun) at SCHED_IDLE: it runs
+    only on CPU time no other process wants, so on a busy host the viewer falls behind (and
+    loses its own samples), never the control loop or the recorder. False where refused."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return True
+    except (AttributeError, OSError):  # not Linux, or refused
+        return False
+
+
 def main(args: list[str] | None = None) -> None:
+    if not run_idle():
+        print("viewer: SCHED_IDLE refused: running at normal priority", file=sys.stderr)
     init(args)
     spin_nodes([ViewerNode()], executor=EventsExecutor())
 
