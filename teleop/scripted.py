@@ -302,11 +302,11 @@ CUBE_GRASP = Hold((0.035, 0.0, 0.0), PITCH_DOWN)
 PEG_GRASP = Hold((0.045, 0.0, 0.0), PITCH_DOWN)  # the 2 cm peg lies lower than the rest
 SOCKET_GRASP = Hold((0.035, 0.0, 0.0), PITCH_DOWN)
 # Where peg and socket sit once lifted and carried, measured (mean over seeds 0-11, stock scene
-# physics): each finger touches in a single point, so the peg slides 8 mm toward the finger
-# tips (std 1.5 mm) and both pivot about 1° about the closing axis. A teleoperator corrects for
-# what they see; ACT's script carries its `lift_right = 0.00715` for the same reason.
-PEG_CARRIED = Hold((0.053, 0.0, 0.0), np.deg2rad(60.7))
-SOCKET_CARRIED = Hold((0.0375, 0.0, 0.0015), np.deg2rad(61.0))
+# physics): each finger touches in a single point, so the peg slides 4 mm toward the finger tips
+# (std 0.9 mm) and pivots 1°. A teleoperator corrects for what they see; ACT's script carries
+# its `lift_right = 0.00715` for the same reason.
+PEG_CARRIED = Hold((0.0492, 0.0, -0.0004), np.deg2rad(59.2))
+SOCKET_CARRIED = Hold((0.0365, 0.0, 0.0018), np.deg2rad(60.1))
 
 
 def transfer_cube(scene: Scene) -> dict[str, list[Waypoint]]:
@@ -347,11 +347,14 @@ def transfer_cube(scene: Scene) -> dict[str, list[Waypoint]]:
 
 
 def insertion(scene: Scene) -> dict[str, list[Waypoint]]:
-    """Left grasps the socket, right the peg; both lift, meet and the peg slides in (8 s)."""
+    """Left grasps the socket, right the peg; both rise 5 mm, then lift, meet and the peg
+    slides in (8.6 s). The finger tips rest on the table at the pick and close only once the
+    arm rises: the slow 5 mm rise closes them before the lift (lifting at once, a stall there
+    on a loaded host made teleop's catch-up lift fling the half-gripped peg)."""
     meet = np.array([0.0, 0.5, 0.15])
-    # Centre to centre at the end: peg (12 cm) and socket (12 cm) overlap 3 cm, 1 cm past the
-    # pin's end (2 cm inside the socket's mouth).
-    half_gap = 0.5 * (0.12 - 0.03)
+    # Peg and socket (12 cm each) overlap 3.5 cm at the end: the peg presses 1.5 cm past the
+    # pin's end (at 1 cm, 2 of 100 seeds touched the pin and ended a hair off it).
+    half_gap = 0.5 * (0.12 - 0.035)
     arms = {}
     for arm, body, side, grasp, carried in (
         ("right", "peg", 1.0, PEG_GRASP, PEG_CARRIED),
@@ -366,10 +369,12 @@ def insertion(scene: Scene) -> dict[str, list[Waypoint]]:
             Waypoint(2.0, pick + [0, 0, 0.08], pick_frame, GRIP_OPEN),  # above the object
             Waypoint(2.8, pick, pick_frame, GRIP_OPEN),  # down around it
             Waypoint(3.4, pick, pick_frame, GRIP_CLOSED),  # close
-            Waypoint(3.8, lift, pick_frame, GRIP_CLOSED),  # straight up off the table
-            Waypoint(5.0, near, frame, GRIP_CLOSED),  # axes level, 5 cm apart
-            Waypoint(6.6, inserted, frame, GRIP_CLOSED),  # slide together
-            Waypoint(8.0, inserted, frame, GRIP_CLOSED),
+            Waypoint(3.8, pick + [0, 0, 0.005], pick_frame, GRIP_CLOSED),  # free the tips
+            Waypoint(4.0, pick + [0, 0, 0.005], pick_frame, GRIP_CLOSED),  # gripped
+            Waypoint(4.4, lift, pick_frame, GRIP_CLOSED),  # straight up off the table
+            Waypoint(5.6, near, frame, GRIP_CLOSED),  # axes level, 5 cm apart
+            Waypoint(7.2, inserted, frame, GRIP_CLOSED),  # slide together
+            Waypoint(8.6, inserted, frame, GRIP_CLOSED),
         ]
     return arms
 

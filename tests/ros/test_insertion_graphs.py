@@ -42,10 +42,10 @@ def test_record_graph_records_scripted_insertions_whose_bags_build(tmp_path) -> 
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = [json.loads(ln.split("] ", 1)[1]) for ln in out.stdout.splitlines() if ln[:1] == "["]
     assert [r["seed"] for r in rows] == [1, 2], rows
-    # Seeds 1 and 2 insert headless; through ROS the open-loop script needs a host that keeps
-    # up (measured: 7/7 at load average 10-13, 2/5 at 16-20 with joint states at 34-61 Hz: a
-    # stalled grasp or lift shifts the peg in the fingers and it misses the socket). One of
-    # two is a bar a broken graph (another scene, no camera, no teleop) cannot pass.
+    # Seeds 1 and 2 insert headless. Through ROS the open-loop script needs a host that keeps
+    # up: a long stall while carrying shifts the peg in the fingers and it misses the socket
+    # (measured 5/5 at load average 4-9; scripts before the 5 mm rise 2/5-3/5 at 16-23). One
+    # of two is a bar a broken graph (another scene, no camera, no teleop) cannot pass.
     assert any(r["success"] for r in rows), rows
     entries = DatasetIndex(dataset).list()
     assert [e.episode_id for e in entries] == ["episode_0000", "episode_0001"]
@@ -53,9 +53,13 @@ def test_record_graph_records_scripted_insertions_whose_bags_build(tmp_path) -> 
         assert e.task == "insert the peg into the socket"
         # A verdict either way: passing depends on the host's load (it flags > 2 % loss).
         assert e.passed or e.reasons
-    # The demo's own dataset config; --include-flagged: this checks the bag, not the host.
+    # The demo's own dataset config with 1 s max ages, and --include-flagged: this checks the
+    # bags, not the host (on a loaded 2-core host a 0.3 s gap in the commands was seen).
+    data = dataset_config((96, 128), SCENES[SCENE])
+    for stream in (*data["state"], *data["action"], *data["cameras"]):
+        stream["max_age_s"] = 1.0
     config = tmp_path / "dataset.yaml"
-    config.write_text(yaml.safe_dump(dataset_config((96, 128), SCENES[SCENE])))
+    config.write_text(yaml.safe_dump(data))
     built = subprocess.run(
         [sys.executable, "-m", "apprentice", "dataset", "build", str(dataset), "--out",
          str(cache), "--config", str(config), "--include-flagged"],
@@ -95,8 +99,10 @@ def test_eval_graph_runs_a_policy_on_the_insertion_scene(tmp_path, capfd) -> Non
     assert code == 0, printed
     results = json.loads((out / "results.json").read_text())
     (row,) = results["rows"]
-    # The node started (the live lens matched the card's), ran and stopped cleanly.
-    assert row["exit_code"] == 0 and row["mode"] == "running" and row["inferences"] > 10, row
+    # The node started (the live lens matched the card's), ran and stopped cleanly; it may
+    # stop in hold (a stale frame at that moment, on a loaded host), never faulted or e-stopped.
+    assert row["exit_code"] == 0 and row["mode"] in ("running", "hold"), row
+    assert row["inferences"] > 10 and row["frames"] > 20, row
     assert row["seed"] == 1000 and 0 <= row["max_stage"] <= 4
     assert results["scene"] == SCENE and results["task"] == "insertion"
     assert list(results["stages"]) == ["touch", "lift", "contact", "insert"]

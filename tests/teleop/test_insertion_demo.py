@@ -1,8 +1,9 @@
 """The scripted ALOHA insertion survives a stalled grasp: through ROS a loaded host can stall
 the leader → teleop path for tenths of a second, and teleop then catches up at `max_step` per
-tick. The script holds the arms still for 0.4 s after the fingers' close command, so a stall
-around the close lands on a closed, still gripper, not on a lift with the fingers half shut
-(before the hold: no seed inserted after a 0.4 s stall at 3.2 or 3.5 s). Replay, success and
+tick. Taken deep, the finger tips rest on the table and can only close once the arm rises; the
+script rises 5 mm slowly first, so they close on the object before the lift, and a stall there
+lands on a gripped object. (Lifting while they closed, no seed of 0-2 inserted after a 0.4 s
+stall at 3.2 or 3.5 s; 14 of 27 stalls over 3-6 s against 23 of 27 now.) Replay, success and
 plans: test_scripted_demo.py."""
 
 from __future__ import annotations
