@@ -158,6 +158,35 @@ def stop_processes(
     return [p.returncode for p in procs]
 
 
+def _load_prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _load_prctl()  # looked up here: a forked child should only call it
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Any:
+    """A child's pre-exec step: SIGTERM when the graph runner dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG), so no node outlives it: an orphaned policy node would go on commanding
+    the arm with nobody to stop it (a test killing a hung `apprentice deploy` once left its
+    policy node, arm driver and camera running, loading every later test). The signal comes
+    when the thread that started the child ends: start graphs from the main thread."""
+
+    def pre_exec() -> None:
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # the runner died before the line above
+                os._exit(1)
+
+    return pre_exec
+
+
 class GraphRunner:
     """Starts a graph's processes here (no ROS launch tools) and stops them all together."""
 
@@ -193,11 +222,13 @@ class GraphRunner:
         params = Path(self._tmp.name) / f"{spec.label}.params.yaml"
         cmd = [sys.executable, "-m", f"apprentice_ros.{spec.executable}"]
         cmd += ["--ros-args", "--params-file", str(params)]
+        die = _die_with(os.getpid())
         if self.log_dir is None:
-            return subprocess.Popen(cmd, env=self.env)
+            return subprocess.Popen(cmd, env=self.env, preexec_fn=die)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{spec.label}.log", log_mode) as out:  # the child keeps a copy
-            return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                    preexec_fn=die)  # fmt: skip
 
     def poll(self) -> list[tuple[str, int]]:
         """(label, exit code) of every process that has exited; an optional one's exit is

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -48,3 +54,41 @@ def test_params_file_applies_to_all_nodes_of_a_process(tmp_path) -> None:
 def test_launch_file_reads_the_graph_through_load_graph() -> None:
     text = (GRAPHS_DIR.parent / "robot.launch.py").read_text()
     assert "from apprentice.graph import load_graph" in text and "load_graph(" in text
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:  # field 4 of /proc/PID/stat: the parent's pid
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.ros
+def test_nodes_do_not_outlive_a_killed_graph_runner() -> None:
+    """SIGKILL to `apprentice graph run` (no chance to stop its nodes): every node gets SIGTERM
+    from the kernel (PR_SET_PDEATHSIG) and exits, none keeps running as an orphan."""
+    runner = subprocess.Popen([sys.executable, "-m", "apprentice", "graph", "run", "sim_so100"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (nodes := _children(runner.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert nodes, "the graph started no node within 60 s"
+        time.sleep(2.0)  # the node is running, past its imports
+        runner.kill()
+        runner.wait()
+        deadline = time.monotonic() + 30
+        while (alive := [p for p in nodes if Path(f"/proc/{p}").exists()]) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+    finally:
+        runner.kill()
+    for pid in alive:  # don't leave them to load later tests
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"nodes {alive} outlived their graph runner"
