@@ -98,6 +98,92 @@ def dom(url: str, wait_ms: int = 3000, size: tuple[int, int] = (1280, 800)) -> s
     return _run(url, ["--dump-dom"], wait_ms, size)
 
 
+def wait_for(
+    url: str, condition: str, path: str | Path, size: tuple[int, int] = (1280, 800),
+    timeout_s: float = 90.0, settle_s: float = 2.0,
+) -> tuple[str, Path]:
+    """(the DOM, a screenshot) once the JavaScript expression `condition` is true in the page,
+    polled in real time over the DevTools protocol (`--remote-debugging-pipe`: JSON messages,
+    NUL-separated, on the browser's fds 3 and 4), then `settle_s` later. For pages whose start
+    is not a timer: a wasm app compiles while virtual time (`--virtual-time-budget`) runs out
+    at once, so `snapshot` caught the Rerun viewer before it started in 1 of 3 runs.
+    TimeoutError (with the page's DOM) when the condition stays false for `timeout_s`."""
+    import base64
+    import json
+    import time
+
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_browser_r, to_browser_w = os.pipe()
+    from_browser_r, from_browser_w = os.pipe()
+
+    def child_fds() -> None:  # the protocol's fds: the browser reads 3, writes 4
+        r, w = os.dup(to_browser_r), os.dup(from_browser_w)
+        os.dup2(r, 3)
+        os.dup2(w, 4)
+
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        cmd = [chromium(), "--headless", f"--user-data-dir={profile}", "--remote-debugging-pipe",
+               "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--hide-scrollbars",
+               "--no-first-run", "--disable-extensions", f"--window-size={size[0]},{size[1]}",
+               *(["--no-sandbox"] if os.geteuid() == 0 else []), "about:blank"]  # fmt: skip
+        # kept: Popen closes every other fd after preexec_fn has made 3 and 4
+        proc = subprocess.Popen(cmd, pass_fds=(3, 4, to_browser_r, from_browser_w),
+                                preexec_fn=child_fds, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        out, buf, ids = os.fdopen(to_browser_w, "wb", buffering=0), b"", iter(range(1, 1 << 30))
+
+        def call(method: str, session: str | None = None, **params) -> dict:
+            nonlocal buf
+            i = next(ids)
+            msg = {"id": i, "method": method, "params": params}
+            msg |= {"sessionId": session} if session else {}
+            out.write(json.dumps(msg).encode() + b"\0")
+            while True:
+                while b"\0" not in buf:
+                    chunk = os.read(from_browser_r, 1 << 20)
+                    if not chunk:
+                        raise RuntimeError(f"chromium closed the DevTools pipe ({method})")
+                    buf += chunk
+                raw, buf = buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == i:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply["result"]
+
+        try:
+            target = call("Target.createTarget", url=url)["targetId"]
+            session = call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
+            def evaluate(expr: str):
+                r = call("Runtime.evaluate", session, expression=expr, returnByValue=True)
+                return r.get("result", {}).get("value")
+
+            deadline = time.monotonic() + timeout_s
+            while not evaluate(f"Boolean({condition})"):
+                if time.monotonic() > deadline:
+                    page = str(evaluate("document.documentElement.outerHTML"))[-1500:]
+                    raise TimeoutError(f"{condition} false after {timeout_s:g} s on {url}: {page}")
+                time.sleep(0.5)
+            time.sleep(settle_s)
+            html = evaluate("document.documentElement.outerHTML")
+            png = call("Page.captureScreenshot", session, format="png")["data"]
+            path.write_bytes(base64.b64decode(png))
+            call("Browser.close")
+        finally:
+            out.close()
+            os.close(from_browser_r)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return html, path
+
+
 def is_blank(png: str | Path, min_colors: int = 8, min_spread: int = 32) -> bool:
     """True when the image is (nearly) one flat color: fewer than `min_colors` distinct colors
     or a brightness range (max - min of the gray image) under `min_spread`. A rendered page

@@ -158,6 +158,7 @@ def viewer_process(graph: Graph, view: ViewOptions,
             "grpc_port": view.grpc_port,
             "web_port": view.web_port,
             "scene": _scene(procs),
+            "idle": True,  # SCHED_IDLE: only CPU time nothing else wants
         },
         optional=True,
     )

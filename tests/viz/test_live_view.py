@@ -132,6 +132,9 @@ def test_live_view_saves_joints_and_camera_at_their_header_stamps(tmp_path) -> N
         {"cameras": ["top"], "image_width": W, "image_height": H}
     )
     graph = with_viewer(graph, ViewOptions("save", str(rrd)))
+    # what it draws, checked at normal priority: at SCHED_IDLE (its default) it keeps only what
+    # CPU time the rest of a busy host leaves it (56 of 174 commands in one full-suite run)
+    graph = graph.with_parameters({"idle": False})
     logs = tmp_path / "logs"
     runner = GraphRunner(graph, log_dir=logs).start()
     rclpy.init()
@@ -179,8 +182,12 @@ def test_live_view_saves_joints_and_camera_at_their_header_stamps(tmp_path) -> N
     for joint in names:
         ts = view[f"joints/right/{joint}/state"]["t"]
         mine = [t for t in ts if seen["state"][0] <= t <= seen["state"][-1]]
-        # every sample is a message's header stamp...
-        assert near(mine, seen["state"]).all(), joint
+        # every sample is a message's header stamp: one this test's own subscriber saw (it
+        # may miss a few on a busy host), or one on the sim's 10 ms stamp grid
+        known = near(mine, seen["state"])
+        step = (np.asarray(mine, np.int64) - seen["state"][0]) % 10_000_000
+        on_grid = np.minimum(step, 10_000_000 - step) <= 2000  # ns: float stamps' rounding
+        assert known.mean() >= 0.9 and (known | on_grid).all(), joint
         # ...and the viewer (BEST_EFFORT, its own process) kept nearly every one
         inside = [t for t in seen["state"] if min(ts) <= t <= max(ts)]
         assert len(mine) >= 0.8 * len(inside), (joint, len(mine), len(inside))
@@ -197,8 +204,8 @@ def test_live_view_saves_joints_and_camera_at_their_header_stamps(tmp_path) -> N
     assert view["task/stage"]["t"] and view["task/success"]["t"]
     # the 3D model, posed from the newest joint states once per flush (at their stamps)
     poses = view["robot/vx300s_right.wrist_link"]["t"]
-    assert len(poses) >= 5 and near(poses, seen["state"] + [t for t in view[
-        "joints/left/left_waist/state"]["t"]]).all()  # fmt: skip
+    drawn_states = [t for a in ("left", "right") for t in view[f"joints/{a}/{a}_waist/state"]["t"]]
+    assert len(poses) >= 5 and near(poses, drawn_states).all()
 
 
 @pytest.mark.ros

@@ -441,19 +441,16 @@ def loaded(png: Path, max_share: float = 0.9) -> bool:
 def test_view_web_page_in_chromium(dataset: Path, tmp_path: Path) -> None:
     """The served page in a real browser: the viewer's app started (its canvas shown, which
     the page's script does once the wasm runs) and drew more than its loading screen."""
-    from browser import is_blank, snapshot
+    from browser import is_blank, wait_for
 
     view = WebView(dataset / "episode_0000", free_port())
     canvas = '<canvas id="the_canvas_id" class="visible"'
     try:
-        # The wasm app's start on a loaded 2-core host varies (20-90 s of real time inside
-        # chromium's virtual-time budget): up to 3 looks (DOM and screenshot in one browser
-        # run each), with longer budgets.
-        for i in range(3):
-            html, png = snapshot(view.link, tmp_path / f"view_web{i}.png", size=(1400, 850),
-                                 wait_ms=30000 * (i + 1))  # fmt: skip
-            if canvas in html and loaded(png):
-                break
+        # real time, polled: the wasm app's start (its canvas made visible) takes 5-90 s of
+        # wall time on a 2-core host, which chromium's virtual-time budget does not wait for
+        html, png = wait_for(view.link, "document.querySelector('#the_canvas_id.visible')",
+                             tmp_path / "view_web.png", size=(1400, 850), timeout_s=150,
+                             settle_s=8.0)  # fmt: skip
     finally:
         code, err, _ = view.stop(signal.SIGINT)
     assert canvas in html

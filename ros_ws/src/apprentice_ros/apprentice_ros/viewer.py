@@ -23,8 +23,8 @@ A stamp of zero (a publisher that does not stamp) is replaced by the receive tim
 With `scene` (simulated graphs), the scene's model is drawn in 3D under robot/ and posed
 every `flush_s` from the arms' newest joint states (apprentice.viz.robot_model).
 
-The whole process runs at SCHED_IDLE (`run_idle`): it gets only CPU time no other process
-wants, so a host without spare time slows the view, not the graph.
+The whole process runs at SCHED_IDLE (`run_idle`, parameter `idle`): it gets only CPU time no
+other process wants, so a host without spare time slows the view, not the graph.
 
 Sink (`sink`): web (gRPC `grpc_port` + web viewer `web_port`, on all interfaces), spawn (a
 native viewer window), save (`save_path`, an .rrd file, finished on shutdown).
@@ -64,6 +64,9 @@ DEFAULTS = {
     # a simulated scene's name: its MuJoCo model in 3D (robot/...), posed once per flush from
     # the newest joint states (every sample would cost a transform per body per message)
     "scene": "",
+    # SCHED_IDLE for the whole process (`run_idle`): it never takes CPU time anything else
+    # wants; false: normal priority (a test of what it draws, on a host busy with the test)
+    "idle": True,
 }
 SENSOR_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT
@@ -245,21 +248,24 @@ class ViewerNode(Node):
 
 
 def run_idle() -> bool:
-    """This process (and every thread it starts afterwards: DDS, Rerun) at SCHED_IDLE: it runs
-    only on CPU time no other process wants, so on a busy host the viewer falls behind (and
-    loses its own samples), never the control loop or the recorder. False where refused."""
+    """Every thread of this process at SCHED_IDLE (threads started later inherit it from the
+    thread that starts them): the viewer runs only on CPU time no other process wants, so on
+    a busy host it falls behind (and loses its own samples), never the control loop or the
+    recorder. False where refused (not Linux, or no rights)."""
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        for task in os.listdir("/proc/self/task"):
+            os.sched_setscheduler(int(task), os.SCHED_IDLE, os.sched_param(0))
         return True
-    except (AttributeError, OSError):  # not Linux, or refused
+    except (AttributeError, OSError):
         return False
 
 
 def main(args: list[str] | None = None) -> None:
-    if not run_idle():
-        print("viewer: SCHED_IDLE refused: running at normal priority", file=sys.stderr)
     init(args)
-    spin_nodes([ViewerNode()], executor=EventsExecutor())
+    node = ViewerNode()
+    if node.get_parameter("idle").value and not run_idle():
+        node.get_logger().warning("SCHED_IDLE refused: running at normal priority")
+    spin_nodes([node], executor=EventsExecutor())
 
 
 if __name__ == "__main__":
