@@ -84,7 +84,10 @@ def test_deploy_drives_the_emulated_follower_and_stops_limp(setup) -> None:
             torques = [s["torque"] for s in emu.state()["servos"].values()]
             alive = proc.poll() is None
             proc.send_signal(signal.SIGINT)  # Ctrl-C
-            code = proc.wait(timeout=30)
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # seen twice in full-suite runs: keep its log
+                code = None
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -93,7 +96,7 @@ def test_deploy_drives_the_emulated_follower_and_stops_limp(setup) -> None:
         text = log.read()
         assert alive and len(moved) >= 3, text[-4000:]
         assert all(torques), "the follower holds (torque on) while the policy runs"
-        assert code == 0, text[-4000:]
+        assert code == 0, f"exit {code} (None: still running 30 s after Ctrl-C)\n{text[-4000:]}"
         assert not any(s["torque"] for s in emu.state()["servos"].values()), "limp after Ctrl-C"
     assert "deploy: act policy" in text and "follower, front, policy" in text, text[:2000]
 
