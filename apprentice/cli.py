@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -134,6 +135,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C (or a supervisor's SIGINT) always stops a graph and turns torque off: a command
+    # started in the background (`cmd &`, nohup, some CI runners) inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: the stop would be ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ap = parser()
     argv = sys.argv[1:] if argv is None else argv
     rest = argv[1:] if argv[:1] == ["--debug"] else argv

@@ -179,6 +179,7 @@ def _die_with(parent: int) -> Any:
     when the thread that started the child ends: start graphs from the main thread."""
 
     def pre_exec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # not inherited ignored (`cmd &`)
         if _PRCTL is not None:
             _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
             if os.getppid() != parent:  # the runner died before the line above

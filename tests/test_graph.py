@@ -92,3 +92,26 @@ def test_nodes_do_not_outlive_a_killed_graph_runner() -> None:
     for pid in alive:  # don't leave them to load later tests
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"nodes {alive} outlived their graph runner"
+
+
+@pytest.mark.ros
+def test_sigint_stops_a_graph_started_with_sigint_ignored() -> None:
+    """A background start (`apprentice deploy … &`, nohup, a CI runner) inherits SIGINT ignored;
+    Ctrl-C / a supervisor's SIGINT must still stop the graph (and its nodes) cleanly."""
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "apprentice", "graph", "run", "sim_so100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (nodes := _children(runner.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert nodes, "the graph started no node within 60 s"
+        time.sleep(2.0)
+        runner.send_signal(signal.SIGINT)
+        code = runner.wait(timeout=30)
+    finally:
+        runner.kill()
+    assert code == 0
+    assert not [p for p in nodes if Path(f"/proc/{p}").exists()]
