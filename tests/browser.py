@@ -51,13 +51,18 @@ def chromium() -> str:
     return exe
 
 
+def _browser(profile: str, size: tuple[int, int]) -> list[str]:
+    """The headless browser and the flags every run here uses (see the module docstring)."""
+    return [chromium(), "--headless", f"--user-data-dir={profile}",
+            "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+            "--hide-scrollbars", "--no-first-run", "--disable-extensions",
+            f"--window-size={size[0]},{size[1]}",
+            *(["--no-sandbox"] if os.geteuid() == 0 else [])]  # fmt: skip
+
+
 def _run(url: str, mode: list[str], wait_ms: int, size: tuple[int, int]) -> str:
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        cmd = [chromium(), "--headless", f"--user-data-dir={profile}",
-               "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-               "--hide-scrollbars", "--no-first-run", "--disable-extensions",
-               f"--window-size={size[0]},{size[1]}", f"--virtual-time-budget={wait_ms}",
-               *(["--no-sandbox"] if os.geteuid() == 0 else []), *mode, url]  # fmt: skip
+        cmd = [*_browser(profile, size), f"--virtual-time-budget={wait_ms}", *mode, url]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"chromium exit {out.returncode} on {url}: {out.stderr[-2000:]}")
@@ -123,10 +128,7 @@ def wait_for(
         os.dup2(w, 4)
 
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        cmd = [chromium(), "--headless", f"--user-data-dir={profile}", "--remote-debugging-pipe",
-               "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--hide-scrollbars",
-               "--no-first-run", "--disable-extensions", f"--window-size={size[0]},{size[1]}",
-               *(["--no-sandbox"] if os.geteuid() == 0 else []), "about:blank"]  # fmt: skip
+        cmd = [*_browser(profile, size), "--remote-debugging-pipe", "about:blank"]
         # kept: Popen closes every other fd after preexec_fn has made 3 and 4
         proc = subprocess.Popen(cmd, pass_fds=(3, 4, to_browser_r, from_browser_w),
                                 preexec_fn=child_fds, stdout=subprocess.DEVNULL,
