@@ -43,7 +43,8 @@ def run_command(
 ) -> int:
     """Runs a command's function: a user's mistake (`ONE_LINE`, plus `also`) is one line on
     stderr, `PROG: error: MESSAGE`, and exit code 2, as argparse does for a wrong option. A
-    command's own `SystemExit("message")` goes out the same way. debug=True lets the exception
+    command's own `SystemExit("message")` goes out the same way; a Ctrl-C the command did not
+    handle is `PROG: interrupted` and exit code 130. debug=True lets the exception
     through with its traceback, as does APPRENTICE_DEBUG=1 in the environment (what `apprentice
     --debug` sets for the commands it runs as child processes)."""
     debug = debug or os.environ.get("APPRENTICE_DEBUG") == "1"
@@ -57,6 +58,11 @@ def run_command(
         if debug or not isinstance(exc.code, str):
             raise
         message = exc.code
+    except KeyboardInterrupt:  # Ctrl-C that no command handled: 128 + SIGINT, as a shell's
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
 

@@ -124,3 +124,15 @@ def test_every_command_and_option_has_help_text() -> None:
     assert missing == [], missing
     n = sum(len(p._actions) for p in parsers.values())
     assert n > 10  # the walk saw the parsers
+
+
+def test_a_ctrl_c_no_command_handled_is_one_line_and_exit_130(capsys) -> None:
+    from apprentice.errors import run_command
+
+    def interrupted(a: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    assert run_command(interrupted, argparse.Namespace()) == 130
+    assert capsys.readouterr().err == "apprentice: interrupted\n"
+    with pytest.raises(KeyboardInterrupt):  # --debug keeps the traceback
+        run_command(interrupted, argparse.Namespace(), debug=True)

@@ -61,7 +61,7 @@ from apprentice.dataset.samples import policy_batch
 from apprentice.errors import UserPathError, UserValueError
 from apprentice.learning.backbone import load_torchvision_weights
 from apprentice.learning.checkpoint import POLICIES, Policy, PolicyConfig, config_to_json
-from apprentice.learning.train_checkpoint import load_checkpoint, save_checkpoint
+from apprentice.learning.train_checkpoint import StopRequest, load_checkpoint, save_checkpoint
 from apprentice.learning.train_config import (
     DEFAULTS,
     LAST,
@@ -341,45 +341,53 @@ def train(
     last_loss, last_val = math.nan, None
     done = start
     t_start = time.perf_counter()
-    for step, batch in enumerate(loader, start=start):
-        lr = lr_at(step, cfg)
-        for group in optim.param_groups:
-            group["lr"] = lr
-        obs, action, pad = policy_batch(batch, device)
-        with autocast(device, cfg.amp):
-            loss, info = module(obs, action, pad)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
-        optim.step()
-        if ema is not None:
-            ema.update(policy, step)
-        done = step + 1
-        row: dict[str, Any] = {}
-        # the same decision on every rank (val episodes are the same everywhere)
-        validating = has_val and (done % cfg.val_every == 0 or done == stop)
-        if done % cfg.log_every == 0 or done == stop or validating:
-            info = _mean_over_ranks(info, device, world)
-            last_loss = info["loss"]
-            row = {"step": done, **info, "lr": lr, "grad_norm": grad_norm}
-            bar.set_postfix(loss=f"{last_loss:.4g}")
-        if world.main and validating:
-            assert val_loader is not None
-            val = validate(eval_policy, val_loader, device, cfg.amp)
-            last_val = val["val_loss"]
-            row = {"step": done, **row, **val}
-            tqdm.write(f"step {done}: train loss {last_loss:.4g}, val loss {last_val:.4g}")
-        if world.main and row:
-            with open(run_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if "val_loss" in row or done == stop:
-                plot_losses(run_dir / METRICS_FILE, run_dir / "loss.png")
-        if done % cfg.checkpoint_every == 0 or done == stop:
-            save_checkpoint(
-                run_dir, done, policy, ema_model, optim, world.rank, world.world, world.barrier
-            )
-        bar.update(1)
+    with StopRequest(enabled=not world.enabled) as stop_request:
+        for step, batch in enumerate(loader, start=start):
+            lr = lr_at(step, cfg)
+            for group in optim.param_groups:
+                group["lr"] = lr
+            obs, action, pad = policy_batch(batch, device)
+            with autocast(device, cfg.amp):
+                loss, info = module(obs, action, pad)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
+            optim.step()
+            if ema is not None:
+                ema.update(policy, step)
+            done = step + 1
+            row: dict[str, Any] = {}
+            # the same decision on every rank (val episodes are the same everywhere)
+            validating = has_val and (done % cfg.val_every == 0 or done == stop)
+            if done % cfg.log_every == 0 or done == stop or validating:
+                info = _mean_over_ranks(info, device, world)
+                last_loss = info["loss"]
+                row = {"step": done, **info, "lr": lr, "grad_norm": grad_norm}
+                bar.set_postfix(loss=f"{last_loss:.4g}")
+            if world.main and validating:
+                assert val_loader is not None
+                val = validate(eval_policy, val_loader, device, cfg.amp)
+                last_val = val["val_loss"]
+                row = {"step": done, **row, **val}
+                tqdm.write(f"step {done}: train loss {last_loss:.4g}, val loss {last_val:.4g}")
+            if world.main and row:
+                with open(run_dir / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if "val_loss" in row or done == stop:
+                    plot_losses(run_dir / METRICS_FILE, run_dir / "loss.png")
+            if done % cfg.checkpoint_every == 0 or done == stop:
+                save_checkpoint(
+                    run_dir, done, policy, ema_model, optim, world.rank, world.world, world.barrier
+                )
+            bar.update(1)
+            if stop_request.signal is not None:  # Ctrl-C: this step is done; checkpoint, stop
+                if done % cfg.checkpoint_every and done != stop:
+                    save_checkpoint(run_dir, done, policy, ema_model, optim, world.rank,
+                                    world.world, world.barrier)  # fmt: skip
+                break
     bar.close()
+    if stop_request.signal is not None:
+        return TrainResult(run_dir, done, last_loss, last_val, interrupted=True)
     if world.main and done > start:
         rate = len(loader) / (time.perf_counter() - t_start)
         tqdm.write(f"{cfg.policy}: {len(loader)} steps at {rate:.2f} steps/s on {device}")

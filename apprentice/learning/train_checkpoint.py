@@ -7,7 +7,8 @@
 
 `save_checkpoint` (every rank calls it) writes checkpoints/.last.tmp, then swaps it in for
 checkpoints/last; `load_checkpoint` restores all of it into a freshly built run, which is
-what makes a resumed run repeat an uninterrupted one (train.py).
+what makes a resumed run repeat an uninterrupted one (train.py). `StopRequest` turns Ctrl-C
+(or SIGTERM) into "finish this step, checkpoint it, stop".
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,3 +116,31 @@ def _set_rng(tensors: dict[str, torch.Tensor]) -> None:
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+
+
+class StopRequest:
+    """While open, the first SIGINT or SIGTERM only sets `signal`: the training loop finishes
+    its step, checkpoints it and stops (a resumed run then repeats an uninterrupted one). A
+    second signal interrupts at once, as usual. Inert off the main thread and under DDP (a
+    rank stopping alone would leave the others waiting in a collective)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if self.enabled:
+            self._old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)

@@ -67,6 +67,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         )  # fmt: skip
     result = train(cfg, resume=a.resume, until=a.until, progress=not a.no_progress)
     val = f", val loss {result.val_loss:.4g}" if result.val_loss is not None else ""
+    if result.interrupted:  # not done: a caller (the demo's stages) must not go on to export
+        print(f"train: stopped at step {result.step} (checkpointed); continue with: apprentice "
+              f"train --out {result.run_dir} --resume", file=sys.stderr)  # fmt: skip
+        return 130
     print(f"{result.run_dir}: step {result.step}, train loss {result.train_loss:.4g}{val}")
     return 0
 

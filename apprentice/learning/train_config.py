@@ -109,6 +109,7 @@ class TrainResult:
     step: int
     train_loss: float
     val_loss: float | None
+    interrupted: bool = False  # stopped by a signal, checkpointed at `step`
 
 
 def make_policy_config(

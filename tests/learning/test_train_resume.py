@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,3 +111,34 @@ def test_step_batches_depend_only_on_seed_and_step() -> None:
     r1 = list(StepBatches(10, 4, seed=1, start=0, stop=3, rank=1, world=2))
     single = list(StepBatches(10, 8, seed=1, start=0, stop=3))
     assert [a + b for a, b in zip(r0, r1, strict=True)] == single
+
+
+def test_ctrl_c_checkpoints_the_step_and_resume_continues(cache, tmp_path) -> None:
+    """`apprentice train` stopped by SIGINT between checkpoints: it finishes the step, saves it,
+    says how to continue (one line, no traceback) and exits 130, so the demo's stages stop too;
+    `--resume` goes on from that step."""
+    run = tmp_path / "run"
+    sets = [f"--set={k}={list(v) if isinstance(v, tuple) else v}" for k, v in TINY["act"].items()]
+    cmd = [sys.executable, "-m", "apprentice", "train", "--policy", "act", "--preset", "cpu",
+           "--data", str(cache.root), "--out", str(run), "--steps", "100000", "--batch-size", "2",
+           "--log-every", "1", "--val-every", "100000", "--checkpoint-every", "100000",
+           "--threads", "1", "--no-progress", *sets]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "stopped at step" in err, err
+    step = json.loads((run / "checkpoints/last/state.json").read_text())["step"]
+    assert f"stopped at step {step} " in err and step >= 3
+    resumed = subprocess.run(
+        [sys.executable, "-m", "apprentice", "train", "--out", str(run), "--resume", "--steps",
+         str(step + 2), "--threads", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["step"] for r in read_metrics(run)][-3:] == [step, step + 1, step + 2]

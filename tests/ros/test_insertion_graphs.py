@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
+from cache_build import build_flagged
 from tiny_act import export_tiny_act
 
 from apprentice.eval_cli import add_subcommands
@@ -58,15 +58,7 @@ def test_record_graph_records_scripted_insertions_whose_bags_build(tmp_path) -> 
     data = dataset_config((96, 128), SCENES[SCENE])
     for stream in (*data["state"], *data["action"], *data["cameras"]):
         stream["max_age_s"] = 1.0
-    config = tmp_path / "dataset.yaml"
-    config.write_text(yaml.safe_dump(data))
-    built = subprocess.run(
-        [sys.executable, "-m", "apprentice", "dataset", "build", str(dataset), "--out",
-         str(cache), "--config", str(config), "--include-flagged"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    meta = json.loads((cache / "dataset.json").read_text())
+    meta = build_flagged(dataset, cache, data)
     assert [e["seed"] for e in meta["episodes"]] == [1, 2]
     assert tuple(meta["state_names"]) == JOINTS and tuple(meta["action_names"]) == JOINTS
     (cam,) = meta["cameras"]

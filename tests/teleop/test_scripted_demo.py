@@ -10,15 +10,11 @@ from apprentice.teleop.scripted import (
     CONTROL_HZ,
     GRIP_CLOSED,
     GRIP_OPEN,
-    PoseIK,
     ReplayResult,
     ScriptedDemo,
-    Waypoint,
-    interpolate,
-    pitched_frame,
     replay_headless,
-    slerp,
 )
+from apprentice.teleop.waypoints import PoseIK, Waypoint, interpolate, pitched_frame, slerp
 
 SEEDS = range(10)
 TASKS = ("aloha_transfer_cube", "aloha_insertion")

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
+from cache_build import build_flagged
 from tiny_act import export_tiny_act
 
 from apprentice.eval_cli import add_subcommands
@@ -129,19 +129,15 @@ def test_record_graph_records_two_scripted_lifts_whose_bags_build(tmp_path) -> N
     assert all(e.task == "lift the cube" for e in entries)
     # Max ages as the demo's: on a loaded 2-core host the sim can miss a few frames, and the
     # quality gate may flag them; this checks the bags, not the host.
-    config = tmp_path / "dataset.yaml"
-    config.write_text(yaml.safe_dump({
-        "state": [{"topic": "/arm/joint_states", "max_age_s": 0.25}],
-        "action": [{"topic": "/arm/commands", "max_age_s": 0.3}],
-        "cameras": [{"name": "front", "topic": "/cameras/front/image_raw", "max_age_s": 0.4}],
-    }))  # fmt: skip
-    built = subprocess.run(
-        [sys.executable, "-m", "apprentice", "dataset", "build", str(dataset), "--out",
-         str(cache), "--config", str(config), "--include-flagged"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    meta = json.loads((cache / "dataset.json").read_text())
+    meta = build_flagged(
+        dataset,
+        cache,
+        {
+            "state": [{"topic": "/arm/joint_states", "max_age_s": 0.25}],
+            "action": [{"topic": "/arm/commands", "max_age_s": 0.3}],
+            "cameras": [{"name": "front", "topic": "/cameras/front/image_raw", "max_age_s": 0.4}],
+        },
+    )
     assert len(meta["episodes"]) == 2
     assert tuple(meta["state_names"]) == JOINTS and tuple(meta["action_names"]) == JOINTS
     (cam,) = meta["cameras"]
