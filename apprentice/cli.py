@@ -11,6 +11,7 @@ import sys
 from apprentice.errors import run_command
 from apprentice.eval_cli import add_subcommands as add_eval_subcommands
 from apprentice.graph import GraphRunner
+from apprentice.interop.lerobot_policy_cli import add_subcommands as add_import_policy
 from apprentice.learning.train_cli import add_subcommands as add_learning_subcommands
 from apprentice.pipeline import add_demo_arguments, run_demo
 from apprentice.robot_cli import add_hardware_arguments, args_graph, preflight
@@ -122,6 +123,7 @@ def parser() -> argparse.ArgumentParser:
     recov.add_argument("dataset", help="dataset folder (its episode bags and index.json)")
     recov.set_defaults(func=cmd_recover)
     add_learning_subcommands(sub)  # dataset build, train, export (torch imported only to run)
+    add_import_policy(sub)  # import-policy: a LeRobot checkpoint → a run folder
     add_eval_subcommands(sub)  # eval, eval compare
     add_view_subcommands(sub)  # view (Rerun; rerun imported only to run)
     sub.add_parser("list-devices", help="serial ports and cameras").set_defaults(

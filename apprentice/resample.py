@@ -17,6 +17,12 @@ import numpy as np
 
 T = TypeVar("T")
 
+# The grid keeps its last step when the end lies within this of it. Stamps are float64 s since
+# the epoch, which resolve only ~0.24 us around 1.7e9 s: an end meant to fall on the grid (a
+# stream sampled at exactly the grid's rate, e.g. an imported LeRobot dataset built at its own
+# fps) lands a few ulp short of it, and the grid lost its last step (about 1 episode in 3).
+STAMP_TOLERANCE_S = 1e-6
+
 
 def asof_indices(
     stamps: np.ndarray, query: np.ndarray, max_age: float
@@ -40,10 +46,11 @@ def asof_indices(
 
 
 def control_grid(start: float, end: float, rate_hz: float) -> np.ndarray:
-    """Query times from start to end (inclusive when it falls on the grid) at rate_hz."""
+    """Query times from start to end (inclusive when it falls on the grid, within
+    STAMP_TOLERANCE_S) at rate_hz."""
     if rate_hz <= 0:
         raise ValueError("rate must be positive")
-    n = int(np.floor((end - start) * rate_hz + 1e-9)) + 1
+    n = int(np.floor((end - start + STAMP_TOLERANCE_S) * rate_hz)) + 1
     return start + np.arange(max(n, 0)) / rate_hz
 
 

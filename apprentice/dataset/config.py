@@ -191,8 +191,9 @@ class DatasetConfig:
 def infer_config(topics: dict[str, str], **overrides: Any) -> DatasetConfig:
     """A config from one bag's {topic: type}: every `*/joint_states` is state (but a leader's,
     `/leader/...`: no leader arm is there when the policy runs), its sibling `commands`
-    (Float64MultiArray) is the action, every image topic a camera (raw preferred over
-    compressed for the same camera: it is what the sensor gave, without JPEG loss)."""
+    (Float64MultiArray), else `joint_commands` (JointState), is the action, every image topic
+    a camera (raw preferred over compressed for the same camera: it is what the sensor gave,
+    without JPEG loss)."""
     state = [
         JointStream(t)
         for t, ty in sorted(topics.items())
@@ -200,9 +201,11 @@ def infer_config(topics: dict[str, str], **overrides: Any) -> DatasetConfig:
     ]
     action = []
     for s in state:
-        cmd = s.topic.rsplit("/", 1)[0] + "/commands"
-        if topics.get(cmd) == FLOAT64_ARRAY:
-            action.append(JointStream(cmd, max_age_s=ACTION_MAX_AGE_S))
+        base = s.topic.rsplit("/", 1)[0]
+        if topics.get(base + "/commands") == FLOAT64_ARRAY:
+            action.append(JointStream(base + "/commands", max_age_s=ACTION_MAX_AGE_S))
+        elif topics.get(base + "/joint_commands") == JOINT_STATE:  # by name (LeRobot imports)
+            action.append(JointStream(base + "/joint_commands", max_age_s=ACTION_MAX_AGE_S))
     cameras: dict[str, CameraStream] = {}
     for t, ty in sorted(topics.items()):
         if ty not in CAMERA_TYPES:
@@ -214,6 +217,7 @@ def infer_config(topics: dict[str, str], **overrides: Any) -> DatasetConfig:
     if not state or not action:
         raise ValueError(
             "cannot infer a dataset config: need */joint_states (JointState) with a sibling "
-            f"*/commands (Float64MultiArray); the bag has {sorted(topics)}"
+            f"*/commands (Float64MultiArray) or */joint_commands (JointState); the bag has "
+            f"{sorted(topics)}"
         )
     return DatasetConfig(state=state, action=action, cameras=tuple(cameras.values()), **overrides)

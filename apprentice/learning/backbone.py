@@ -26,6 +26,38 @@ BACKBONE_NORMS: tuple[str, ...] = ("frozen_bn", "group_norm")
 # ImageNet channel stats (RGB); images enter the policies in [0, 1] and are standardized in-graph.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Per camera ((mean R, G, B), (std R, G, B)) that standardize its [0, 1] images in-graph,
+# x' = (x - mean) / std; a config's `image_stats` (None: the policy's default for every camera).
+ImageStats = tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...]
+
+
+def check_image_stats(stats: object, n_cameras: int) -> ImageStats | None:
+    """`stats` (None, or nested lists as JSON gives them) as nested tuples, validated."""
+    if stats is None:
+        return None
+    try:
+        out = tuple(
+            (tuple(float(v) for v in mean), tuple(float(v) for v in std)) for mean, std in stats
+        )
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"image_stats must be ((mean RGB), (std RGB)) per camera, got {stats!r}"
+        ) from None
+    if len(out) != n_cameras or any(len(m) != 3 or len(s) != 3 for m, s in out):
+        raise ValueError(f"image_stats needs ((3 means), (3 stds)) for each of {n_cameras} cameras")
+    if not all(v > 0 for _, s in out for v in s):
+        raise ValueError("every image_stats std must be > 0")
+    return out
+
+
+def image_stats_tensors(
+    stats: ImageStats | None, n_cameras: int, default: tuple[tuple[float, ...], tuple[float, ...]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std), each (N, 3, 1, 1), to broadcast over images (..., N, 3, H, W)."""
+    pairs = stats if stats is not None else (default,) * n_cameras
+    mean = torch.tensor([m for m, _ in pairs], dtype=torch.float32)[:, :, None, None]
+    std = torch.tensor([s for _, s in pairs], dtype=torch.float32)[:, :, None, None]
+    return mean, std
 
 
 class FrozenBatchNorm2d(nn.Module):

@@ -22,6 +22,7 @@ import yaml
 
 from apprentice.errors import UserError
 from apprentice.graph import parse_overrides
+from apprentice.interop.lerobot_cli import add_dataset_subcommands as add_lerobot_subcommands
 
 # Flags that may change when a run is resumed; everything else comes from its run.json.
 _RESUMABLE = ("steps", "val_every", "val_batches", "log_every", "checkpoint_every",
@@ -169,6 +170,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="also the episodes the quality gate flagged (index.json)")  # fmt: skip
     b.add_argument("--overwrite", action="store_true", help="rebuild an existing cache")
     b.set_defaults(func=cmd_dataset_build)
+    add_lerobot_subcommands(ds_sub)  # import-lerobot, export-lerobot
 
     t = sub.add_parser("train", help="train ACT or Diffusion Policy (CPU, GPU, torchrun)")
     t.add_argument("--policy", choices=("act", "diffusion"), help="the policy to train")

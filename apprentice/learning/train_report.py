@@ -183,7 +183,8 @@ def export_run(
     policy = load_policy(ckpt / weights)
     data = run["dataset"]
     out = Path(out) if out is not None else run_dir / "policy"
-    cache = DatasetCache(data["cache"])
+    # an imported policy (apprentice import-policy) has no cache: checked on a seeded probe
+    cache = DatasetCache(data["cache"]) if data.get("cache") is not None else None
     card = export_onnx(
         policy,
         out,
@@ -193,14 +194,17 @@ def export_run(
         control_rate_hz=data["control_rate_hz"],
         data_index_hash=data["data_index_hash"],
         camera_sources={c["name"]: c.get("source") for c in data["cameras"]},
-        train_seeds=cache.scene_seeds(),  # scenes an eval must not reuse
+        train_seeds=cache.scene_seeds() if cache else None,  # scenes an eval must not reuse
     )
     runner = load_onnx_policy(out)
-    split = "val" if cache.split_episodes("val") else "train"
-    sample = torch.utils.data.default_collate(
-        [policy_samples(policy.policy_type, cache, split, policy.cfg)[0]]
-    )
-    obs, _, _ = policy_batch(sample, "cpu")
+    if cache is None:
+        obs = _probe_obs(policy)
+    else:
+        split = "val" if cache.split_episodes("val") else "train"
+        sample = torch.utils.data.default_collate(
+            [policy_samples(policy.policy_type, cache, split, policy.cfg)[0]]
+        )
+        obs, _, _ = policy_batch(sample, "cpu")
     state = policy.normalizer.normalize("state", obs["state"])
     with torch.no_grad():
         if policy.policy_type == "act":
@@ -210,3 +214,15 @@ def export_run(
             eager = policy.encode_obs(state, obs["images"]).numpy()
             onnx_out = runner.encode(state.numpy(), obs["images"].numpy())
     return card, float(np.abs(eager - onnx_out).max())
+
+
+def _probe_obs(policy: Policy) -> dict[str, torch.Tensor]:
+    """One seeded observation of the policy's input shapes: raw state around the
+    normalization's offset, images in [0, 1]."""
+    cfg, gen = policy.cfg, torch.Generator().manual_seed(0)
+    steps = (cfg.n_obs_steps,) if policy.policy_type == "diffusion" else ()
+    stats = policy.normalizer.stats("state")
+    z = torch.randn(1, *steps, cfg.state_dim, generator=gen, dtype=torch.float64)
+    state = (z * torch.tensor(stats.scale) + torch.tensor(stats.offset)).float()
+    images = torch.rand(1, *steps, cfg.n_cameras, 3, *cfg.image_hw, generator=gen)
+    return {"state": state, "images": images}

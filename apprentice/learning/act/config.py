@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apprentice.learning.backbone import BACKBONE_NORMS, OUTPUT_STRIDES, BackboneNorm
+from apprentice.learning.backbone import (
+    BACKBONE_NORMS,
+    OUTPUT_STRIDES,
+    BackboneNorm,
+    ImageStats,
+    check_image_stats,
+)
 from apprentice.learning.normalize import NORM_MODES, NormMode
 
 
@@ -32,9 +38,13 @@ class ActConfig:
     backbone_stride: int = 32
     state_norm: NormMode = "mean_std"
     action_norm: NormMode = "mean_std"
+    # None: ImageNet's stats for every camera (what the ResNet was pretrained with). A LeRobot
+    # policy brings its dataset's per camera (apprentice import-policy).
+    image_stats: ImageStats | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_hw", tuple(int(v) for v in self.image_hw))
+        object.__setattr__(self, "image_stats", check_image_stats(self.image_stats, self.n_cameras))
         positive = (
             "state_dim", "action_dim", "n_cameras", "chunk_size", "d_model", "n_heads",
             "dim_feedforward", "n_encoder_layers", "n_decoder_layers", "n_vae_encoder_layers",

@@ -23,7 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from apprentice.learning.act.config import ActConfig
-from apprentice.learning.backbone import IMAGENET_MEAN, IMAGENET_STD, ResNet18
+from apprentice.learning.backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ResNet18,
+    image_stats_tensors,
+)
 from apprentice.learning.normalizer_module import Normalizer
 
 
@@ -206,8 +211,10 @@ class ActPolicy(nn.Module):
         )
         # Image path: shared ResNet over cameras, 1x1 projection to d_model tokens.
         self.backbone = ResNet18(cfg.backbone_width, cfg.backbone_norm, cfg.backbone_stride)
-        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN)[:, None, None], False)
-        self.register_buffer("image_std", torch.tensor(IMAGENET_STD)[:, None, None], False)
+        imagenet = (IMAGENET_MEAN, IMAGENET_STD)
+        mean, std = image_stats_tensors(cfg.image_stats, cfg.n_cameras, imagenet)
+        self.register_buffer("image_mean", mean, False)  # (N, 3, 1, 1)
+        self.register_buffer("image_std", std, False)  # (N, 3, 1, 1)
         self.input_proj = nn.Conv2d(self.backbone.out_channels, d, 1)
         fh, fw = ResNet18.feature_hw(*cfg.image_hw, cfg.backbone_stride)
         self.register_buffer("image_pos", sine_embedding_2d(d, fh, fw), False)  # (fh·fw, D)
@@ -255,7 +262,7 @@ class ActPolicy(nn.Module):
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(B, N, 3, H, W) in [0, 1] → (B, N·fh·fw, D)."""
         b, n = images.shape[:2]
-        x = (images.flatten(0, 1) - self.image_mean) / self.image_std  # (B·N, 3, H, W)
+        x = ((images - self.image_mean) / self.image_std).flatten(0, 1)  # (B·N, 3, H, W)
         feats = self.input_proj(self.backbone(x))  # (B·N, D, fh, fw)
         tokens = feats.flatten(2).transpose(1, 2)  # (B·N, fh·fw, D)
         return tokens.reshape(b, n * tokens.shape[1], -1)  # (B, N·fh·fw, D)

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apprentice.learning.backbone import (
+    BACKBONE_NORMS,
+    BackboneNorm,
+    ImageStats,
+    check_image_stats,
+)
 from apprentice.learning.normalize import NORM_MODES, NormMode
 
 BETA_SCHEDULES: tuple[str, ...] = ("squaredcos_cap_v2",)
@@ -36,9 +42,18 @@ class DiffusionConfig:
     clip_sample_range: float = 1.0  # predicted x0 is clipped to ±this (normalized units)
     state_norm: NormMode = "min_max"
     action_norm: NormMode = "min_max"
+    # The options below default to the paper's encoder; LeRobot's differs in each of them
+    # (apprentice import-policy sets them). frozen_bn: torchvision BatchNorm in eval mode.
+    backbone_norm: BackboneNorm = "group_norm"
+    # None: mean 0.5, std 0.5 for every camera, i.e. [0, 1] → [-1, 1] (the paper's).
+    image_stats: ImageStats | None = None
+    image_feature_relu: bool = False  # a ReLU after the keypoint projection (LeRobot has one)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_hw", tuple(int(v) for v in self.image_hw))
+        object.__setattr__(self, "image_stats", check_image_stats(self.image_stats, self.n_cameras))
+        if self.backbone_norm not in BACKBONE_NORMS:
+            raise ValueError(f"backbone_norm must be one of {BACKBONE_NORMS}")
         if self.crop_hw is not None:
             object.__setattr__(self, "crop_hw", tuple(int(v) for v in self.crop_hw))
         object.__setattr__(self, "down_dims", tuple(int(v) for v in self.down_dims))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apprentice.learning.backbone import ResNet18
+from apprentice.learning.backbone import ResNet18, image_stats_tensors
 from apprentice.learning.diffusion.config import DiffusionConfig
 from apprentice.learning.diffusion.scheduler import NoiseSchedule, ddim_sample
 from apprentice.learning.normalizer_module import Normalizer
@@ -45,18 +45,19 @@ class SpatialSoftmax(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """One camera: (B, 3, h, w) in [0, 1] → (B, F). GroupNorm ResNet-18 trained from scratch."""
+    """One camera: standardized (B, 3, h, w) → (B, F). By default a GroupNorm ResNet-18
+    trained from scratch (the paper)."""
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
-        self.backbone = ResNet18(cfg.backbone_width, "group_norm")
+        self.backbone = ResNet18(cfg.backbone_width, cfg.backbone_norm)
         fh, fw = ResNet18.feature_hw(*cfg.input_hw)
         self.pool = SpatialSoftmax(self.backbone.out_channels, fh, fw, cfg.n_keypoints)
         self.out = nn.Linear(2 * cfg.n_keypoints, cfg.image_feature_dim)
+        self.act = nn.ReLU() if cfg.image_feature_relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # [0, 1] → [-1, 1], the paper's image normalization.
-        return self.out(self.pool(self.backbone(x * 2.0 - 1.0)))  # (B, F)
+        return self.act(self.out(self.pool(self.backbone(x))))  # (B, F)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -170,6 +171,10 @@ class DiffusionPolicy(nn.Module):
         )
         # One encoder per camera (the paper's default): views differ too much to share weights.
         self.image_encoders = nn.ModuleList(ImageEncoder(cfg) for _ in range(cfg.n_cameras))
+        # Default: [0, 1] → [-1, 1], the paper's image normalization.
+        mean, std = image_stats_tensors(cfg.image_stats, cfg.n_cameras, ((0.5,) * 3, (0.5,) * 3))
+        self.register_buffer("image_mean", mean, False)  # (N, 3, 1, 1)
+        self.register_buffer("image_std", std, False)  # (N, 3, 1, 1)
         self.cond_dim = cfg.n_obs_steps * (cfg.n_cameras * cfg.image_feature_dim + cfg.state_dim)
         self.unet = ConditionalUnet1D(cfg, self.cond_dim)
         self.schedule = NoiseSchedule.squared_cosine(cfg.num_train_timesteps)
@@ -195,6 +200,7 @@ class DiffusionPolicy(nn.Module):
         """Deployed graph 1: normalized state (B, To, S), images (B, To, N, 3, H, W) in [0, 1]
         → conditioning (B, To·(N·F + S))."""
         b, to = state.shape[:2]
+        images = (images - self.image_mean) / self.image_std  # (B, To, N, 3, H, W)
         feats = [
             encoder(self.crop(images[:, :, i].flatten(0, 1))).reshape(b, to, -1)  # (B, To, F)
             for i, encoder in enumerate(self.image_encoders)
