@@ -18,6 +18,9 @@ def cmd_import_policy(a: argparse.Namespace) -> int:
 
     if not Path(a.source).is_dir():
         raise UserPathError(f"{a.source}: no such folder")
+    for name in ("config.json", "model.safetensors"):  # before asking for names it may not need
+        if not (Path(a.source) / name).is_file():
+            raise UserPathError(f"{a.source}: not a LeRobot checkpoint folder (no {name})")
     found = dataset_names(a.dataset) if a.dataset else {}
     joints = _names(a.joint_names) or found.get("joint_names")
     state = _names(a.state_names) or found.get("state_names")

@@ -222,7 +222,11 @@ def test_wrong_folders_are_one_line_errors(tmp_path: Path, capsys) -> None:
     assert "no such folder" in _refused(["import-policy", str(tmp_path / "nope"), *args], capsys)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "config.json: no such file" in _refused(["import-policy", str(empty), *args], capsys)
+    # no config.json: said before the names are asked for (none given here)
+    no_names = ["--out", str(tmp_path / "run")]
+    assert "not a LeRobot checkpoint folder (no config.json)" in _refused(
+        ["import-policy", str(empty), *no_names], capsys
+    )
     other = checkpoint(tmp_path, "act")
     config = json.loads((other / "config.json").read_text()) | {"type": "pi0"}
     (other / "config.json").write_text(json.dumps(config))
