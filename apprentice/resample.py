@@ -1,6 +1,7 @@
 """As-of resampling: the one rule that turns timestamped streams into control-rate samples.
 
-At a query time t, a stream's value is its latest sample stamped at or before t, provided that
+At a query time t, a stream's value is its latest sample stamped at or before t (within
+STAMP_TOLERANCE_S: a tie is a tie however float64 rounded the two times), provided that
 sample is at most `max_age` seconds old; otherwise the stream has no valid value at t. The
 dataset builder applies it offline to recorded bags (`asof_indices`) and the policy node applies
 it live to its input buffers (`AsOfBuffer`), so training and deployment see observations the
@@ -17,17 +18,20 @@ import numpy as np
 
 T = TypeVar("T")
 
-# The grid keeps its last step when the end lies within this of it. Stamps are float64 s since
-# the epoch, which resolve only ~0.24 us around 1.7e9 s: an end meant to fall on the grid (a
-# stream sampled at exactly the grid's rate, e.g. an imported LeRobot dataset built at its own
-# fps) lands a few ulp short of it, and the grid lost its last step (about 1 episode in 3).
+# Stamps are float64 s since the epoch, which resolve only ~0.24 us around 1.7e9 s: a sample
+# meant to fall on a query time (a sim stream on the 2 ms physics grid, a LeRobot import at its
+# own fps) lands a few ulp either side of it. Within this, a sample counts as stamped at the
+# query time, so ties resolve one way (included) whatever the rounding (before: 2.5 % of a sim
+# demo's rows took the previous sample, up to 0.045 rad off), and the grid keeps its last step
+# when the end lies within this of it (it lost it in about 1 episode in 3).
 STAMP_TOLERANCE_S = 1e-6
 
 
 def asof_indices(
     stamps: np.ndarray, query: np.ndarray, max_age: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each query time, the index of the latest stamp <= it, and whether it is fresh enough.
+    """For each query time, the index of the latest stamp <= it (+ STAMP_TOLERANCE_S), and
+    whether it is fresh enough.
 
     stamps: (N,) sorted ascending, s. query: (Q,) s. Returns (index (Q,) int64, valid (Q,) bool);
     index is -1 where no sample precedes the query.
@@ -38,7 +42,7 @@ def asof_indices(
         raise ValueError("stamps and query must be 1-D")
     if stamps.size > 1 and np.any(np.diff(stamps) < 0):
         raise ValueError("stamps must be sorted ascending")
-    idx = np.searchsorted(stamps, query, side="right") - 1  # (Q,)
+    idx = np.searchsorted(stamps, query + STAMP_TOLERANCE_S, side="right") - 1  # (Q,)
     valid = idx >= 0
     age = np.where(valid, query - stamps[np.clip(idx, 0, None)], np.inf)
     valid &= age <= max_age
@@ -75,9 +79,9 @@ class AsOfBuffer(Generic[T]):
             return self._items[-1] if self._items else None
 
     def at(self, t: float) -> tuple[float, T] | None:
-        """The latest sample stamped <= t and at most max_age old, or None."""
+        """The latest sample stamped <= t (+ STAMP_TOLERANCE_S) and at most max_age old, or None."""
         with self._lock:
             for stamp, value in reversed(self._items):
-                if stamp <= t:
+                if stamp <= t + STAMP_TOLERANCE_S:
                     return (stamp, value) if t - stamp <= self.max_age else None
         return None

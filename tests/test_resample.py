@@ -50,3 +50,23 @@ def test_live_buffer_drops_out_of_order() -> None:
     buf.push(1.0, "a")
     buf.push(0.5, "late")
     assert buf.out_of_order == 1 and buf.latest() == (1.0, "a")
+
+
+def test_a_sample_on_the_query_time_counts_whatever_the_rounding() -> None:
+    """Joint states at 100 Hz stamped as a bag gives them (sec + nanosec · 1e-9) and a 50 Hz
+    control grid from the first one, near 1.7e9 s (float64 resolves ~0.24 us there): every
+    second tick is a sample's time, computed a few ulp either side of it (40 of these 100 fall
+    before it, where a strict <= took the previous sample). Each tie takes its sample, offline
+    and live alike."""
+    ns = 1_700_000_000_123_000_000 + np.arange(200, dtype=np.int64) * 10_000_000
+    stamps = (ns // 10**9) + (ns % 10**9) * 1e-9
+    grid = control_grid(stamps[0], stamps[-1], 50.0)
+    assert grid.size == 100
+    on = stamps[::2]
+    assert np.abs(grid - on).max() < 1e-6 and (grid < on).sum() == 40  # ties, rounded below
+    idx, valid = asof_indices(stamps, grid, 0.02)
+    assert valid.all() and idx.tolist() == list(range(0, 200, 2))
+    buf: AsOfBuffer[int] = AsOfBuffer(0.02, capacity=200)
+    for i, t in enumerate(stamps):
+        buf.push(float(t), i)
+    assert [buf.at(float(t))[1] for t in grid] == idx.tolist()
