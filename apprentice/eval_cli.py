@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -236,7 +237,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise UserError("eval needs --policy (or: apprentice eval compare A B)")
     if a.episodes < 1:
         raise UserValueError(f"--episodes must be at least 1, got {a.episodes}")
-    from apprentice.graph import GraphRunner, ProcessSpec, write_params_file
+    from apprentice.graph import GraphRunner, ProcessSpec, die_with, write_params_file
     from apprentice.learning.runtime import CARD_FILE
     from apprentice.policy_server.card import load_card, unverified_warning
     from apprentice.sim.scenes import get_scene
@@ -288,6 +289,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
              "--home", json.dumps(home_pose(scene, params["arms"])),
              "--json", str(episodes_file)],
             env=env, stdout=subprocess.PIPE if tty else None, text=True,
+            preexec_fn=die_with(os.getpid()),
         ) as session:  # fmt: skip
             shown = session.stdout and relay_thread(
                 session.stdout, EpisodeProgress(a.episodes, sys.stdout)

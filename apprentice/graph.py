@@ -171,12 +171,14 @@ _PRCTL = _load_prctl()  # looked up here: a forked child should only call it
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with(parent: int) -> Any:
+def die_with(parent: int) -> Any:
     """A child's pre-exec step: SIGTERM when the graph runner dies, even by SIGKILL (Linux
     PR_SET_PDEATHSIG), so no node outlives it: an orphaned policy node would go on commanding
     the arm with nobody to stop it (a test killing a hung `apprentice deploy` once left its
     policy node, arm driver and camera running, loading every later test). The signal comes
-    when the thread that started the child ends: start graphs from the main thread."""
+    when the thread that started the child ends: start graphs from the main thread. The record
+    and eval CLIs start their session processes with it too: a session left by an interrupted
+    CLI went on starting episodes (a policy node each) against a graph that was gone."""
 
     def pre_exec() -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # not inherited ignored (`cmd &`)
@@ -223,7 +225,7 @@ class GraphRunner:
         params = Path(self._tmp.name) / f"{spec.label}.params.yaml"
         cmd = [sys.executable, "-m", f"apprentice_ros.{spec.executable}"]
         cmd += ["--ros-args", "--params-file", str(params)]
-        die = _die_with(os.getpid())
+        die = die_with(os.getpid())
         if self.log_dir is None:
             return subprocess.Popen(cmd, env=self.env, preexec_fn=die)
         self.log_dir.mkdir(parents=True, exist_ok=True)

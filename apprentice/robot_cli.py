@@ -14,6 +14,7 @@ the policy card against the robot): a mistake is one line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import subprocess
@@ -26,7 +27,14 @@ from typing import Any
 import yaml
 
 from apprentice.errors import UserError
-from apprentice.graph import Graph, GraphRunner, load_graph, parse_overrides, stop_processes
+from apprentice.graph import (
+    Graph,
+    GraphRunner,
+    die_with,
+    load_graph,
+    parse_overrides,
+    stop_processes,
+)
 from apprentice.pipeline import RECORD_GRAPH  # the simulated ALOHA and its scripted demos
 from apprentice.progress import EpisodeProgress, relay_thread
 from apprentice.robot_graphs import (
@@ -154,6 +162,7 @@ def cmd_record(a: argparse.Namespace) -> int:
         session = subprocess.Popen(
             [sys.executable, "-m", "apprentice_ros.record_session", *mode, "--json", str(rows)],
             env=env, stdout=subprocess.PIPE if tty else None, text=True,
+            preexec_fn=die_with(os.getpid()),
         )  # fmt: skip
         shown = session.stdout and relay_thread(
             session.stdout, EpisodeProgress(a.episodes, sys.stdout, gate=True)

@@ -10,8 +10,10 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -132,3 +134,42 @@ def test_eval_runs_episodes_and_writes_table_json_videos(policy_dir, tmp_path, c
     params = results["policy_params"]
     assert params["arms"] == ["left", "right"] and len(params["joint_lower"]) == 14
     assert "image_height" not in params  # the node resizes to the card's size itself
+
+
+def test_an_eval_interrupted_alone_leaves_no_session_behind(policy_dir, tmp_path) -> None:
+    """SIGINT to the `apprentice eval` process only (a supervisor's stop, `pkill -INT`, not a
+    terminal's Ctrl-C to the whole group): it exits 130 with one line, and its eval session
+    and policy node go with it (they were orphaned and went on starting episodes against a
+    graph that was gone, then failed with a traceback)."""
+    out = tmp_path / "eval"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apprentice", "eval", "--policy", str(policy_dir), "--episodes",
+         "20", "--duration", "2.5", "--seed0", "7", "--out", str(out), "--domain",
+         os.environ["ROS_DOMAIN_ID"]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while not list((out / "logs").glob("policy_episode_*.log")):  # the session is running
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()  # the session shares stderr and says it stopped
+    assert "apprentice: interrupted" in lines and "Traceback" not in err, err
+    assert all(ln == "apprentice: interrupted" or ln.startswith("eval session: stopped after")
+               for ln in lines), err  # fmt: skip
+    left = []
+    for _ in range(50):  # PDEATHSIG: SIGTERM to the session, then to its policy node
+        left = [p for p in Path("/proc").glob("[0-9]*") if str(out) in _cmdline(p)]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert left == [], [_cmdline(p) for p in left]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -41,9 +42,9 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from apprentice.eval_cli import plot_joints, write_video
-from apprentice.graph import stop_processes
+from apprentice.graph import die_with, stop_processes
 from apprentice_ros.conversions import from_time, image_to_array
-from apprentice_ros.runtime import call_trigger
+from apprentice_ros.runtime import call_trigger, init
 
 SETTLE_S = 0.5  # after a reset, objects drop onto the table
 HOME_S = 1.0  # commanding home before a reset: the arms let go of what they hold
@@ -169,7 +170,9 @@ class EvalSession(Node):
 def _start_policy(params: Path, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "apprentice_ros.policy_node", "--ros-args", "--params-file",
            str(params)]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    # SIGTERM when this session dies (PDEATHSIG), however it goes: never a policy node left
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            preexec_fn=die_with(os.getpid()))  # fmt: skip
 
 
 def run_episode(
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     out = Path(a.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    rclpy.init()
+    init()  # SIGINT / SIGTERM (the CLI's, or its death: PDEATHSIG) raise KeyboardInterrupt here
     node = EvalSession(a.arms, a.camera)
     stop = threading.Event()
     spinner = threading.Thread(target=_spin, args=(node, stop), daemon=True)
@@ -302,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i + 1}/{a.episodes}] " + json.dumps(row), flush=True)
             if a.json:
                 _write_rows(rows, Path(a.json))
+    except KeyboardInterrupt:  # the episode under way stopped its policy node on the way out
+        print(f"eval session: stopped after {len(rows)} episode(s)", file=sys.stderr)
+        return 130
     finally:
         stop.set()
         spinner.join(timeout=5)
