@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SETUP_INPUTS := pyproject.toml requirements/ros.txt requirements/sim-assets.txt scripts/setup.sh
+SETUP_INPUTS := pyproject.toml requirements/ros.txt requirements/sim-assets.txt scripts/setup.sh scripts/apt_missing.sh
 
 .PHONY: setup demo test lint bench clean
 setup: $(VENV)/.ready

@@ -26,17 +26,9 @@ fi
 rm -f "$venv/.ready"
 
 # torchcodec (LeRobot's default video backend) loads Debian 12's FFmpeg 5.1 shared libraries.
-need_apt=()
-for pkg in libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libavdevice59 \
-  libavfilter8; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
-done
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "lerobot_venv: installing system packages: ${need_apt[*]}"
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+source scripts/apt_missing.sh
+apt_install_missing lerobot_venv libavcodec59 libavformat59 libavutil57 libswscale6 \
+  libswresample4 libavdevice59 libavfilter8
 
 if ! "$python" -c "" >/dev/null 2>&1; then
   echo "lerobot_venv: $python not found (lerobot >= 0.5 needs Python >= 3.12); set PYTHON312" >&2

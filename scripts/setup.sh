@@ -6,18 +6,11 @@ cd "$(dirname "$0")/.."
 venv=${1:-.venv}
 python=${PYTHON:-python3}
 
-need_apt=()
+source scripts/apt_missing.sh
 # Offscreen rendering for MuJoCo (EGL through Mesa; OSMesa as the fallback).
 # libusb for RealSense (pyrealsense2). chromium: the tests load the eval report and the web viewer.
-for pkg in libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0 chromium; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
-done
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "setup: installing system packages: ${need_apt[*]}"
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+apt_install_missing setup libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0 \
+  chromium
 
 # A sourced ROS 2 installation brings its own rclpy: use it and never install the wheels over it.
 system_ros=0
