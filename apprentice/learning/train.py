@@ -375,15 +375,13 @@ def train(
                     f.write(json.dumps(row) + "\n")
                 if "val_loss" in row or done == stop:
                     plot_losses(run_dir / METRICS_FILE, run_dir / "loss.png")
-            if done % cfg.checkpoint_every == 0 or done == stop:
+            stopping = stop_request.signal is not None  # Ctrl-C: this step is done; save, stop
+            if done % cfg.checkpoint_every == 0 or done == stop or stopping:
                 save_checkpoint(
                     run_dir, done, policy, ema_model, optim, world.rank, world.world, world.barrier
                 )
             bar.update(1)
-            if stop_request.signal is not None:  # Ctrl-C: this step is done; checkpoint, stop
-                if done % cfg.checkpoint_every and done != stop:
-                    save_checkpoint(run_dir, done, policy, ema_model, optim, world.rank,
-                                    world.world, world.barrier)  # fmt: skip
+            if stopping:
                 break
     bar.close()
     if stop_request.signal is not None:
