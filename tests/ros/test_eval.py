@@ -7,6 +7,7 @@ the test checks the evaluation machinery, not the policy). Real processes on the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -165,7 +166,11 @@ def test_an_eval_interrupted_alone_leaves_no_session_behind(policy_dir, tmp_path
         if not left:
             break
         time.sleep(0.2)
-    assert left == [], [_cmdline(p) for p in left]
+    names = [_cmdline(p) for p in left]
+    for p in left:  # don't leave them to load later tests
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(p.name), signal.SIGKILL)
+    assert names == [], names
 
 
 def _cmdline(proc: Path) -> str:
