@@ -46,6 +46,7 @@ class DemoScene:
     arms: tuple[str, ...]
     camera: str
     out: str
+    eval_duration_s: float = 10.0  # s per closed-loop episode (`apprentice eval --duration`)
 
 
 SCENES = {
@@ -54,8 +55,9 @@ SCENES = {
     "so100_lift": DemoScene("record_sim_so100", "eval_sim_so100", ("arm",), "front",
                             "runs/demo-so100"),
     # the transfer cube's top camera: at 128×96 the peg is 16×2.5 px, the socket 17×5 px
+    # 12 s: the scripted insertion takes 8.6 s; 10 s left a slow policy 1.4 s to finish
     "aloha_insertion": DemoScene("record_sim_aloha_insertion", "eval_sim_aloha_insertion",
-                                 ("left", "right"), "top", "runs/demo-insertion"),
+                                 ("left", "right"), "top", "runs/demo-insertion", 12.0),
 }  # fmt: skip
 DEFAULT_SCENE = "aloha_transfer_cube"
 
@@ -219,7 +221,8 @@ def demo_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
               ["apprentice", "export", str(run)], out / "export.log"),
         Stage("eval", lambda: (evals / RESULTS_FILE).exists(),
               ["apprentice", "eval", "--policy", str(policy), "--graph", cfg.demo_scene.eval_graph,
-               "--episodes", str(cfg.eval_episodes), "--seed0", str(cfg.seed0), "--out",
+               "--episodes", str(cfg.eval_episodes), "--seed0", str(cfg.seed0),
+               "--duration", str(cfg.demo_scene.eval_duration_s), "--out",
                str(evals), "--set", f"execution={cfg.execution}"], out / "eval.log"),
     ]  # fmt: skip
 

@@ -145,6 +145,16 @@ def test_each_demo_scene_names_the_arms_and_camera_its_graphs_have() -> None:
         assert record == evaluate, name
 
 
+def test_each_demo_scene_evaluates_longer_than_its_scripted_demonstration() -> None:
+    from teleop.scripted import ScriptedDemo
+
+    for name, scene in SCENES.items():
+        lag = scene.eval_duration_s - ScriptedDemo(name, seed=1000).duration
+        assert lag >= 2.0, (name, lag)  # a policy slower than the script can still finish
+        cmd = demo_stages(Path("out"), DemoConfig(scene=name))[4].command
+        assert float(cmd[cmd.index("--duration") + 1]) == scene.eval_duration_s
+
+
 def test_a_demo_run_without_an_ema_is_trained_again(tmp_path: Path) -> None:
     last = tmp_path / "run" / "checkpoints" / "last"
     last.mkdir(parents=True)

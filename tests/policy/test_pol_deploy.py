@@ -195,7 +195,11 @@ def rig(tmp_path_factory) -> Iterator[Rig]:
     r = Rig(tmp_path_factory.mktemp("deploy"))
     try:
         r.start_camera(nominal_spec("front", *CAMERA), "camera")
-        wait_for(lambda: r.spin(0.1) or r.joints, 20, "the follower's joint states")
+        try:
+            wait_for(lambda: r.spin(0.1) or r.joints, 20, "the follower's joint states")
+        except AssertionError as exc:  # say why: the driver's exit code and its log
+            raise AssertionError(f"{exc}; driver exit {r.driver.poll()}, emulator exit "
+                                 f"{r.emu.proc.poll()}; driver log:\n{r.log('driver')}") from None
         yield r
     finally:
         r.close()
