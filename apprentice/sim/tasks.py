@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import mujoco
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,42 @@ def lift(model: mujoco.MjModel, grippers: dict[str, str], height: float = 0.03) 
     return status
 
 
+def place(model: mujoco.MjModel, grippers: dict[str, str], height: float = 0.02) -> TaskFn:
+    """Single arm, pick and place: the cube lifted `height` m off the table by the gripper,
+    then let go of, resting on the table with its centre inside the target square."""
+    (gripper,) = grippers.values()
+    view = ContactView(
+        model,
+        {
+            "cube": body_geoms(model, "box"),
+            "gripper": subtree_geoms(model, gripper),
+            "table": geom_ids(model, "table"),
+        },
+    )
+    box, target = model.body("box").id, model.body("target").id
+    rest_z = float(model.body_pos[box][2])
+    (area,) = body_geoms(model, "target")
+    half = model.geom_size[area][:2]  # the square's half sides, m
+    labels = ["idle", "touched", "lifted", "placed"]
+
+    def status(data: mujoco.MjData) -> TaskStatus:
+        p = view.pairs(data)
+        stage = 0
+        if frozenset(("cube", "gripper")) in p:
+            stage = 1
+            if frozenset(("cube", "table")) not in p and data.xpos[box][2] > rest_z + height:
+                stage = 2
+        elif frozenset(("cube", "table")) in p:
+            inside = np.abs(data.xpos[box][:2] - data.xpos[target][:2]) <= half
+            stage = 3 if inside.all() else 0
+        return TaskStatus(stage, 3, labels[stage])
+
+    return status
+
+
 TASKS: dict[str, Callable[[mujoco.MjModel, dict[str, str]], TaskFn]] = {
     "transfer_cube": transfer_cube,
     "insertion": insertion,
     "lift": lift,
+    "place": place,
 }
