@@ -211,6 +211,26 @@ def test_terminal_session_keys_start_keep_discard(pubs, tmp_path) -> None:
     ]
 
 
+def test_ctrl_c_ends_a_terminal_session_with_130_and_no_traceback(pubs, tmp_path) -> None:
+    """SIGINT while an episode records: exit 130 within seconds, nothing but our lines."""
+    runner = start_recorder(tmp_path / "ds", tmp_path / "logs")
+    try:
+        session = subprocess.Popen(
+            [sys.executable, "-m", "apprentice_ros.record_session", "--interactive"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        session.stdin.write("s\n")
+        session.stdin.flush()
+        time.sleep(1.5)
+        session.send_signal(signal.SIGINT)
+        out, err = session.communicate(timeout=15)
+    finally:
+        runner.stop()
+    assert session.returncode == 130, (out, err)
+    assert "recording episode_0000" in out
+    assert "Traceback" not in err and "context" not in err, err
+
+
 def test_queue_depth_holds_two_seconds_of_each_stream() -> None:
     from apprentice_ros.recorder import queue_depth
 

@@ -40,7 +40,7 @@ from std_srvs.srv import Trigger
 from apprentice.recording.monitor import LiveRates, status_line
 from apprentice.timing import RateLoop
 from apprentice_ros.conversions import to_time
-from apprentice_ros.runtime import CallAborted, call_trigger
+from apprentice_ros.runtime import CallAborted, call_trigger, init
 
 LEADER_RATE_HZ = 100.0  # what a leader arm driver publishes
 SETTLE_S = 0.5  # after a reset, objects drop onto the table
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         help="s between status lines (interactive; 0.5 on a terminal, 2 otherwise)",
     )
     a = ap.parse_args(argv)
-    rclpy.init()
+    init()  # our SIGINT / SIGTERM handler (not rclpy's): KeyboardInterrupt here, context kept
     node = Session()
     signal.signal(signal.SIGUSR1, node.on_recorder_restart)
     spinner = threading.Thread(target=_spin, args=(node,), daemon=True)
