@@ -14,7 +14,7 @@ Per episode:
   4. take each stream's as-of sample at every grid time (`asof_indices`, the rule the policy
      node uses live); a sample older than the stream's max_age_s is an error naming the
      topic and the time, never a silently held value;
-  5. append the rows to the cache files.
+  5. append the rows to the cache files (the frames raw or as JPEG: `image_store.py`).
 Then: the train/val split by episode, normalization stats on the train frames, and the
 data-index hash (sha256 over the resolved config, the split and every MCAP file's sha256;
 it goes into the policy card).
@@ -22,6 +22,7 @@ it goes into the policy card).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -43,6 +44,13 @@ from apprentice.dataset.config import (
     STATE_TYPES,
     DatasetConfig,
     JointStream,
+)
+from apprentice.dataset.image_store import (
+    ArrayWriter,
+    FrameWriter,
+    frame_writer,
+    open_array,
+    resolve_store,
 )
 from apprentice.learning.normalize import NORM_MODES, NormStats
 from apprentice.resample import asof_indices, control_grid
@@ -241,29 +249,6 @@ def idle_start_steps(action: np.ndarray, threshold: float) -> int:
     return max(int(moved[0]) - 1, 0) if moved.size else 0
 
 
-_SUFFIX = {"float64": "f64", "float32": "f32", "int64": "i64", "uint8": "u8"}
-
-
-class _Appender:
-    """Appends rows to the raw array files; shapes go to dataset.json at the end."""
-
-    def __init__(self, root: Path, name: str, dtype: str, row_shape: tuple[int, ...]):
-        self.file = f"{name}.{_SUFFIX[dtype]}"
-        self.dtype, self.row_shape, self.rows = np.dtype(dtype), row_shape, 0
-        self._f = open(root / self.file, "wb")  # closed in close()
-
-    def append(self, data: np.ndarray) -> None:
-        data = np.ascontiguousarray(data, dtype=self.dtype)
-        if data.shape[1:] != self.row_shape:
-            raise ValueError(f"{self.file}: row shape {data.shape[1:]} != {self.row_shape}")
-        self._f.write(memoryview(data).cast("B"))
-        self.rows += data.shape[0]
-
-    def close(self) -> dict:
-        self._f.close()
-        return {"file": self.file, "dtype": self.dtype.name, "shape": [self.rows, *self.row_shape]}
-
-
 def _split(n: int, val_fraction: float, seed: int) -> list[str]:
     """'train'/'val' per episode: a seeded shuffle, at least one val episode when there are
     two or more and val_fraction > 0, at least one train episode."""
@@ -314,7 +299,11 @@ def _build_into(
     joints: dict[str, tuple[str, ...] | None] = {
         s.topic: s.joints for s in (*cfg.state, *cfg.action)
     }
-    files: dict[str, _Appender] = {}
+    files: dict[str, ArrayWriter] = {}
+    store = {"kind": resolve_store(cfg.image_store, cfg.image_hw)}
+    if store["kind"] == "jpeg":
+        store["quality"] = cfg.jpeg_quality
+    cameras: list[FrameWriter] = []
     records: list[dict] = []
     skipped: list[str] = []
     first: tuple[str, list[dict | None]] | None = None  # (episode, its cameras' camera_info)
@@ -334,20 +323,19 @@ def _build_into(
             continue
         if not files:
             files = {
-                "stamps": _Appender(root, "stamps", "float64", ()),
-                "state": _Appender(root, "state", "float32", ep.state.shape[1:]),
-                "action": _Appender(root, "action", "float32", ep.action.shape[1:]),
-                "frame_index": _Appender(root, "frame_index", "int64", (len(cfg.cameras),)),
+                "stamps": ArrayWriter(root, "stamps", "float64", ()),
+                "state": ArrayWriter(root, "state", "float32", ep.state.shape[1:]),
+                "action": ArrayWriter(root, "action", "float32", ep.action.shape[1:]),
+                "frame_index": ArrayWriter(root, "frame_index", "int64", (len(cfg.cameras),)),
             }
-            for i in range(len(cfg.cameras)):
-                files[f"camera_{i}"] = _Appender(root, f"camera_{i}", "uint8", (3, h, w))
-        offsets = [files[f"camera_{i}"].rows for i in range(len(cfg.cameras))]
+            cameras = [frame_writer(store, root, i, (h, w)) for i in range(len(cfg.cameras))]
+        offsets = [cam.rows for cam in cameras]
         files["stamps"].append(ep.stamps)
         files["state"].append(ep.state)
         files["action"].append(ep.action)
         files["frame_index"].append(ep.frame_index + np.asarray(offsets, dtype=np.int64))
-        for i, frames in enumerate(ep.frames):
-            files[f"camera_{i}"].append(frames)
+        for cam, frames in zip(cameras, ep.frames, strict=True):
+            cam.append(frames)
         n = ep.stamps.shape[0]
         records.append(
             {"episode_id": source.episode_id, "bag": str(source.bag_dir.resolve()), "start": start,
@@ -357,11 +345,14 @@ def _build_into(
     if not records or first is None:
         raise DatasetError(f"every episode was refused ({len(skipped)}; each is named above)")
     arrays = {name: f.close() for name, f in files.items()}
+    for cam in cameras:
+        arrays |= cam.close()
     for rec, split in zip(
         records, _split(len(records), cfg.val_fraction, cfg.split_seed), strict=True
     ):
         rec["split"] = split
     resolved = cfg.with_joints({t: n for t, n in joints.items() if n is not None})
+    resolved = dataclasses.replace(resolved, image_store=store["kind"])  # "auto" resolved
     state_names = [j for s in resolved.state for j in s.joints or ()]
     action_names = [j for s in resolved.action for j in s.joints or ()]
     if len(set(action_names)) != len(action_names) or len(set(state_names)) != len(state_names):
@@ -389,6 +380,7 @@ def _build_into(
         "control_rate_hz": cfg.control_rate_hz,
         "n_frames": start,
         "arrays": arrays,
+        "image_store": store,
         "episodes": records,
         "skipped": skipped,
         "data_index_hash": f"sha256:{digest}",
@@ -402,10 +394,7 @@ def _fit_stats(root: Path, meta: dict) -> dict:
     train = [EpisodeRecord(**r) for r in meta["episodes"] if r["split"] == "train"]
     stats = {}
     for key in ("state", "action"):
-        spec = meta["arrays"][key]
-        data = np.memmap(
-            root / spec["file"], dtype=spec["dtype"], mode="r", shape=tuple(spec["shape"])
-        )
+        data = open_array(root, meta["arrays"][key])
         rows = np.concatenate([data[e.start : e.stop] for e in train])  # (T_train, D)
         stats[key] = {mode: NormStats.fit(rows, mode).to_json() for mode in NORM_MODES}
     return stats

@@ -2,19 +2,20 @@
 
     <cache>/
       dataset.json        written last: config, names, episodes (+ split), stats, array shapes,
-                          data_index_hash. A folder without it is not a cache.
+                          image store, data_index_hash. A folder without it is not a cache.
       stamps.f64          (T,)            grid time of each frame, s since the epoch
       state.f32           (T, S)          raw units (rad, m), columns = state_names
       action.f32          (T, A)          raw units, columns = action_names
       frame_index.i64     (T, N)          row of camera n's frame shown at each grid time
-      camera_<n>.u8       (F_n, 3, H, W)  RGB, resized; each recorded frame stored once
+      camera_<n>.*        (F_n, 3, H, W)  RGB, resized; each recorded frame stored once, raw
+                                          (camera_<n>.u8) or as JPEG files (image_store.py)
 
 Why memory maps, not zarr: a sample is a handful of contiguous slices, served zero-copy from
 the page cache with no decompression and no extra dependency; every DataLoader worker maps the
-files itself. The resized uint8 frames are small (96x128: 37 KB), so compressing them would
-save disk but cost a decode per sample, which is what this cache exists to avoid. Frames are
-stored once per recorded frame and shared by the grid steps that show them (at 50 Hz over a
-30 Hz camera, ~1.7 steps each).
+files itself. Small frames (96x128: 37 KB) stay raw for the same reason; large ones are JPEG
+(a decode per frame read, 15-50x less disk and page cache; `image_store.py` says when and
+why). `images()` is the one read path for either. Frames are stored once per recorded frame
+and shared by the grid steps that show them (at 50 Hz over a 30 Hz camera, ~1.7 steps each).
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from apprentice.dataset.image_store import (
+    JpegFrames,
+    RawFrames,
+    open_array,
+    open_frames,
+    store_of,
+)
 from apprentice.learning.normalize import NormMode, NormStats
 
 CACHE_FORMAT = "apprentice.dataset_cache/1"
@@ -68,7 +76,10 @@ class DatasetCache:
         if self.meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"{meta_path}: not a {CACHE_FORMAT} file")
         self.episodes = [EpisodeRecord(**e) for e in self.meta["episodes"]]
+        self._store = store_of(self.meta, meta_path)
+        self.image_store: str = self._store["kind"]  # "raw" | "jpeg"
         self._maps: dict[str, np.memmap] = {}
+        self._frames: list[RawFrames | JpegFrames] = []  # per camera, opened on first read
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -131,10 +142,12 @@ class DatasetCache:
     def array(self, name: str) -> np.memmap:
         """A read-only map of one array file (see the module docstring)."""
         if name not in self._maps:
-            spec = self.meta["arrays"][name]
-            self._maps[name] = np.memmap(
-                self.root / spec["file"], dtype=spec["dtype"], mode="r", shape=tuple(spec["shape"])
-            )
+            if name not in self.meta["arrays"]:
+                raise KeyError(
+                    f"{self.root}: no array {name!r} (it has {sorted(self.meta['arrays'])}; "
+                    "camera frames are read with images())"
+                )
+            self._maps[name] = open_array(self.root, self.meta["arrays"][name])
         return self._maps[name]
 
     @property
@@ -150,12 +163,17 @@ class DatasetCache:
         return self.array("action")
 
     def images(self, frames: np.ndarray) -> np.ndarray:
-        """Camera images at grid frames (...,) → (..., N, 3, H, W) uint8."""
+        """Camera images at grid frames (...,) → (..., N, 3, H, W) uint8 RGB, whatever the store
+        (JPEG frames are decoded here, each distinct frame of the call once)."""
         frames = np.asarray(frames)
         index = self.array("frame_index")[frames.reshape(-1)]  # (M, N)
-        per_camera = [self.array(f"camera_{i}")[index[:, i]] for i in range(index.shape[1])]
+        if not self._frames:
+            self._frames = [open_frames(self.root, self._store, self.meta, i, self.image_hw)
+                            for i in range(index.shape[1])]  # fmt: skip
+        per_camera = [cam.read(index[:, i]) for i, cam in enumerate(self._frames)]  # (M, 3, H, W)
         return np.stack(per_camera, axis=1).reshape(*frames.shape, index.shape[1], 3,
                                                     *self.image_hw)  # fmt: skip
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_maps": {}}  # maps are reopened in the receiving process
+        # maps and stores are reopened in the receiving process (a DataLoader worker)
+        return {**self.__dict__, "_maps": {}, "_frames": []}

@@ -7,6 +7,9 @@ A YAML file (all keys but `state`, `action` and `cameras` optional):
     val_fraction: 0.1            # episodes held out for validation (split BY episode)
     split_seed: 0
     trim_idle_start: true        # drop the still frames before the first motion (see below)
+    image_store: auto            # frames in the cache: raw, jpeg, or auto (raw up to
+                                 # 128x160 = 20,480 pixels, JPEG above; image_store.py: why)
+    jpeg_quality: 90             # 1-100, for the jpeg store
     idle_threshold: 0.01         # rad or m: an action this far from the first one is motion
     state:
       - topic: /left/joint_states              # sensor_msgs/JointState: `position`, by name
@@ -58,6 +61,7 @@ BOOL = "std_msgs/msg/Bool"
 STATE_TYPES = (JOINT_STATE,)
 ACTION_TYPES = (FLOAT64_ARRAY, JOINT_STATE)
 CAMERA_TYPES = (IMAGE, COMPRESSED_IMAGE)
+IMAGE_STORES = ("auto", "raw", "jpeg")
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,10 @@ class DatasetConfig:
     # that moves a joint by more than idle_threshold (rad or m) from the first action.
     trim_idle_start: bool = True
     idle_threshold: float = 0.01
+    # How the cache keeps the frames (apprentice.dataset.image_store): "raw", "jpeg" (at
+    # jpeg_quality), or "auto", by frame size. The cache's config records the store chosen.
+    image_store: str = "auto"
+    jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", tuple(self.state))
@@ -148,6 +156,10 @@ class DatasetConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not self.idle_threshold > 0:
             raise ValueError(f"idle_threshold must be > 0, got {self.idle_threshold}")
+        if self.image_store not in IMAGE_STORES:
+            raise ValueError(f"image_store must be one of {IMAGE_STORES}, got {self.image_store!r}")
+        if isinstance(self.jpeg_quality, bool) or self.jpeg_quality not in range(1, 101):
+            raise ValueError(f"jpeg_quality must be an integer 1-100, got {self.jpeg_quality!r}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

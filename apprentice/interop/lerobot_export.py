@@ -229,7 +229,8 @@ def export_lerobot(
     if hw[0] % 2 or hw[1] % 2:
         raise LeRobotFormatError(f"image size {hw[0]}x{hw[1]}: yuv420p video needs even sizes")
     # The whole episode: `apprentice dataset build` of a re-import drops the same idle start.
-    cfg = replace(cfg, image_hw=hw, val_fraction=0.0, trim_idle_start=False)
+    # Raw frames: the video is the one lossy step (a JPEG store would add another).
+    cfg = replace(cfg, image_hw=hw, val_fraction=0.0, trim_idle_start=False, image_store="raw")
     keys = [f"observation.images.{c.name}" for c in cfg.cameras]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -106,6 +106,10 @@ def cmd_dataset_build(a: argparse.Namespace) -> int:
         overrides["image_hw"] = tuple(a.image_hw)
     if a.val_fraction is not None:
         overrides["val_fraction"] = a.val_fraction
+    if a.image_store is not None:
+        overrides["image_store"] = a.image_store
+    if a.jpeg_quality is not None:
+        overrides["jpeg_quality"] = a.jpeg_quality
     if Path(a.out).exists() and not a.overwrite:
         raise UserError(f"{a.out} exists; --overwrite rebuilds it")
     episodes = find_episodes(a.source, include_failed=a.include_flagged)
@@ -114,11 +118,16 @@ def cmd_dataset_build(a: argparse.Namespace) -> int:
         print(f"left out {entry.episode_id}: quality gate: {'; '.join(entry.reasons)}")
     if flagged:
         print(f"{len(flagged)} flagged episode(s) left out; --include-flagged includes them")
-    if a.config is not None:
-        cfg = dataclasses.replace(DatasetConfig.from_yaml(a.config), **overrides)
-    else:
-        cfg = infer_config(_first_readable(episodes, a.skip_bad).topics, **overrides)
-        print(f"inferred config: {yaml.safe_dump(cfg.to_json(), sort_keys=False)}")
+    try:  # a bad --val-fraction, --jpeg-quality, ...: the config says which, in one line
+        if a.config is not None:
+            cfg = dataclasses.replace(DatasetConfig.from_yaml(a.config), **overrides)
+        else:
+            cfg = infer_config(_first_readable(episodes, a.skip_bad).topics, **overrides)
+            print(f"inferred config: {yaml.safe_dump(cfg.to_json(), sort_keys=False)}")
+    except UserError:  # a damaged bag (DatasetError) says so itself
+        raise
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     cache = build_cache(episodes, cfg, a.out, overwrite=a.overwrite, skip_bad=a.skip_bad)
     splits = {s: len(cache.split_episodes(s)) for s in ("train", "val")}
     print(
@@ -165,6 +174,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--image-hw", type=int, nargs=2, metavar=("H", "W"),
                    help="image size to resize to (default: the config's)")  # fmt: skip
     b.add_argument("--val-fraction", type=float, help="share of episodes held out")
+    b.add_argument("--image-store", choices=("auto", "raw", "jpeg"),
+                   help="frames in the cache: raw, jpeg, or auto: raw up to 128x160, jpeg "
+                        "above (default auto)")  # fmt: skip
+    b.add_argument("--jpeg-quality", type=int, help="JPEG quality 1-100 (default 90)")
     b.add_argument("--skip-bad", action="store_true", help="leave out episodes that fail")
     b.add_argument("--include-flagged", "--include-failed", action="store_true",
                    help="also the episodes the quality gate flagged (index.json)")  # fmt: skip

@@ -23,6 +23,7 @@ from apprentice.dataset import (
 from apprentice.dataset.builder import idle_start_steps
 from apprentice.dataset.images import resize_chw
 from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
+from apprentice.errors import UserError
 from apprentice.learning.normalize import NormStats
 from apprentice.learning.train_cli import main
 from apprentice.resample import asof_indices, control_grid
@@ -193,9 +194,7 @@ def test_idle_start_is_trimmed_to_the_last_still_frame(tmp_path) -> None:
     assert np.abs(cut[1] - cut[0]).max() > base.idle_threshold  # the next step moves
     assert np.abs(full[: n_cut + 1] - full[0]).max() <= base.idle_threshold
     # images follow the trim: the first cached frame is the one the grid's first step used
-    np.testing.assert_array_equal(
-        trimmed.images(np.asarray(0)), kept.images(np.asarray(n_cut))
-    )
+    np.testing.assert_array_equal(trimmed.images(np.asarray(0)), kept.images(np.asarray(n_cut)))
     assert idle_start_steps(np.zeros((5, 3)), 0.01) == 0  # never moves: nothing dropped
 
 
@@ -235,3 +234,13 @@ def test_skip_bad_infers_the_config_from_the_first_bag_that_opens(raw_bags, tmp_
     assert main([*base, "--out", str(tmp_path / "c"), "--skip-bad"]) == 0
     assert [e.episode_id for e in DatasetCache(tmp_path / "c").episodes] == [
         "episode_0001", "episode_0002", "episode_0003"]  # fmt: skip
+
+
+def test_the_cli_builds_a_jpeg_cache_and_refuses_a_bad_quality(raw_bags, tmp_path) -> None:
+    base = ["dataset", "build", str(raw_bags), "--image-hw", *map(str, HW)]
+    assert main([*base, "--out", str(tmp_path / "j"), "--image-store", "jpeg",
+                 "--jpeg-quality", "80"]) == 0  # fmt: skip
+    cache = DatasetCache(tmp_path / "j")
+    assert cache.image_store == "jpeg" and cache.meta["image_store"]["quality"] == 80
+    with pytest.raises(UserError, match="jpeg_quality must be an integer 1-100, got 0"):
+        main([*base, "--out", str(tmp_path / "bad"), "--jpeg-quality", "0"])

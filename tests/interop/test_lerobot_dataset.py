@@ -162,6 +162,20 @@ def test_export_then_import_gives_the_same_cache(tmp_path: Path, codec: str) -> 
     assert moved.sum() > 50 and (own[moved] < shifted[moved]).all()
 
 
+def test_export_above_the_raw_cache_size(tmp_path: Path) -> None:
+    """At 144x192 `image_store: auto` would make a JPEG cache; the export keeps frames raw
+    (the video is the one lossy step) and writes the size asked for."""
+    bags = _synthetic_recording(tmp_path / "bags", episodes=1)
+    summary = export_lerobot(bags, tmp_path / "lr", image_hw=(144, 192), codec="h264",
+                             progress=False)  # fmt: skip
+    assert summary.frames > 0
+    import_lerobot(tmp_path / "lr", tmp_path / "back", progress=False)
+    back = DatasetConfig.from_yaml(tmp_path / "back/dataset.yaml")
+    cache = build_cache(tmp_path / "back", dataclasses.replace(back, val_fraction=0.0),
+                        tmp_path / "c", progress=False)  # fmt: skip
+    assert cache.image_hw == (144, 192) and cache.image_store == "jpeg"
+
+
 def test_export_writes_what_lerobot_writes(tmp_path: Path) -> None:
     """The same files, info.json keys, feature entries and episode-meta columns as the v3.0
     dataset LeRobot wrote (the fixture); stats with the same statistics."""
