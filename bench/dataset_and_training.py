@@ -1,6 +1,7 @@
 """Dataset cache vs decoding bags, training steps/s, ONNX Runtime vs PyTorch eager latency.
 
     python bench/dataset_and_training.py [--threads 2] [--episodes 4] [--seconds 10]
+                                         [--only loader|training|latency]
 
 1. Writes synthetic episodes as real bags (recording core): 7 joints at 100 Hz, commands at
    50 Hz, one 480x640 JPEG camera at 30 Hz; builds a 50 Hz cache at the ACT CPU preset's
@@ -8,9 +9,16 @@
 2. Samples/s for random ACT samples (state, image, 100-step action chunk): from the cache vs
    straight from the bags (indexed MCAP seek by time, CDR decode, JPEG decode, resize): the
    same as-of rule, no cache. Same sample content either way.
-3. Training steps/s of the ACT and Diffusion CPU presets, batch 8, from the cache through a
+3. Loader samples/s, batch 8 of ACT samples (chunk 50): 0 and 2 DataLoader workers, each
+   through the per-sample path (`ds[i]` per index, default_collate) and the batched path
+   (`ds[batch]`, one read per array per batch: samples.batch_loader), the loader alone and
+   feeding a consumer that idles 1 ms per batch (a GPU-bound step's stand-in); best and
+   median of interleaved repeats. Then training steps/s of the ACT CPU preset on 0 and 2
+   workers (batched) with the share of time spent waiting for data. On a 2-core machine the
+   workers share the cores with the step and with whatever else runs.
+4. Training steps/s of the ACT and Diffusion CPU presets, batch 8, from the cache through a
    DataLoader (forward, backward, AdamW step).
-4. Batch-1 latency, PyTorch eager vs ONNX Runtime (runtime.py): ACT one forward pass;
+5. Batch-1 latency, PyTorch eager vs ONNX Runtime (runtime.py): ACT one forward pass;
    Diffusion the full inference (observation encoder + 10 DDIM steps).
 Prints JSON; ratios are against the baseline measured in the same run. Medians.
 """
@@ -33,13 +41,13 @@ from torch.utils.data import DataLoader
 
 from apprentice.dataset import DatasetCache, EpisodeBag, build_cache, infer_config
 from apprentice.dataset.images import decode_compressed, resize_chw
-from apprentice.dataset.samples import ActSamples, DiffusionSamples, policy_batch
+from apprentice.dataset.samples import ActSamples, DiffusionSamples, batch_loader, policy_batch
 from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
 from apprentice.learning.checkpoint import POLICIES
 from apprentice.learning.export import export_onnx
 from apprentice.learning.runtime import load_onnx_policy
-from apprentice.learning.train import StepBatches
 from apprentice.learning.train_config import make_policy_config
+from apprentice.learning.train_data import StepBatches, TimedBatches
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")
@@ -139,36 +147,120 @@ def bench_data(root: Path, episodes: int, seconds: float) -> tuple[DatasetCache,
     }  # fmt: skip
 
 
+def _loader(ds, batches: StepBatches, workers: int, batched: bool) -> DataLoader:
+    gen = torch.Generator().manual_seed(0)
+    if batched:
+        return batch_loader(ds, batches, num_workers=workers, generator=gen)
+    return DataLoader(ds, batch_sampler=batches, num_workers=workers, generator=gen)
+
+
+def _samples_per_s(ds, workers: int, batched: bool, n_batches: int, step_s: float) -> float:
+    """Samples/s of a loader whose consumer holds the main thread idle for step_s per batch
+    (0: the loader alone; > 0: a stand-in for a step that waits on a GPU)."""
+    warmup = 2 + 4 * workers  # worker start-up and the first prefetched batches are not timed
+    loader = _loader(ds, StepBatches(len(ds), 8, 0, 0, warmup + n_batches), workers, batched)
+    batches = iter(loader)
+    for _ in range(warmup):
+        next(batches)
+    t0 = time.perf_counter()
+    for _ in batches:
+        if step_s:
+            time.sleep(step_s)
+    return 8 * n_batches / (time.perf_counter() - t0)
+
+
+def _trainer(policy_type: str, cache: DatasetCache):
+    """(policy config, policy, one training step on a batch) of a policy's CPU preset."""
+    torch.manual_seed(0)
+    pcfg = make_policy_config(policy_type, "cpu", cache, {})
+    policy = POLICIES[policy_type][1](pcfg).train()
+    policy.normalizer.set_stats("state", cache.stats("state", pcfg.state_norm))
+    policy.normalizer.set_stats("action", cache.stats("action", pcfg.action_norm))
+    optim = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+
+    def step(batch: dict) -> None:
+        obs, action, pad = policy_batch(batch, "cpu")
+        if policy_type == "act":
+            loss, _ = policy.compute_loss(obs, action, pad)
+        else:
+            loss, _ = policy.compute_loss(obs, action)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    return pcfg, policy, step
+
+
+def bench_loader(cache: DatasetCache, n_batches: int, train_steps: int, repeats: int) -> dict:
+    ds = ActSamples(cache, "train", chunk_size=50)
+    out: dict = {}
+    for step_ms in (0, 1):
+        runs: dict[str, list[float]] = {}
+        for _ in range(repeats):  # interleaved, so drifting load from elsewhere hits all alike
+            for w in (0, 2):
+                for path in ("per_sample", "batched"):
+                    rate = _samples_per_s(ds, w, path == "batched", n_batches, step_ms / 1e3)
+                    runs.setdefault(f"{path}_{w}_workers", []).append(rate)
+        best = {k: max(v) for k, v in runs.items()}  # the least disturbed of the repeats
+        out[f"act_samples_per_s_batch8_step_{step_ms}ms"] = {
+            "best": {k: round(v, 1) for k, v in best.items()},
+            "median": {k: round(statistics.median(v), 1) for k, v in runs.items()},
+            "ratios_of_best": {
+                "batched_over_per_sample_0_workers": round(
+                    best["batched_0_workers"] / best["per_sample_0_workers"], 2),
+                "batched_over_per_sample_2_workers": round(
+                    best["batched_2_workers"] / best["per_sample_2_workers"], 2),
+                "per_sample_2_over_0_workers": round(
+                    best["per_sample_2_workers"] / best["per_sample_0_workers"], 2),
+                "batched_2_over_0_workers": round(
+                    best["batched_2_workers"] / best["batched_0_workers"], 2),
+            },
+        }  # fmt: skip
+    # the batched loader feeding a real step (ACT CPU preset, batch 8)
+    pcfg, _, step = _trainer("act", cache)
+    ds = ActSamples(cache, "train", pcfg.chunk_size)
+    runs: dict[int, list[tuple[float, float]]] = {0: [], 2: []}
+    for _ in range(repeats):
+        for workers in (0, 2):
+            warmup = 2 + 2 * workers
+            steps = StepBatches(len(ds), 8, 0, 0, warmup + train_steps)
+            batches = TimedBatches(_loader(ds, steps, workers, batched=True))
+            for _ in range(warmup):
+                step(next(batches))
+            batches.wait_fraction()
+            t0 = time.perf_counter()
+            for batch in batches:
+                step(batch)
+            rate = train_steps / (time.perf_counter() - t0)
+            runs[workers].append((rate, batches.wait_fraction()))
+    training: dict = {
+        f"{w}_workers": {"best_steps_per_s": round(max(r for r, _ in v), 2),
+                         "data_wait_median": round(statistics.median(f for _, f in v), 4)}
+        for w, v in runs.items()
+    }  # fmt: skip
+    training["best_steps_2_over_0_workers"] = round(
+        training["2_workers"]["best_steps_per_s"] / training["0_workers"]["best_steps_per_s"], 2
+    )
+    out["act_cpu_preset_training_batched"] = training
+    return out
+
+
 def bench_training(cache: DatasetCache, steps: int) -> dict:
     out = {}
     for policy_type in ("act", "diffusion"):
-        torch.manual_seed(0)
-        pcfg = make_policy_config(policy_type, "cpu", cache, {})
-        policy = POLICIES[policy_type][1](pcfg).train()
-        policy.normalizer.set_stats("state", cache.stats("state", pcfg.state_norm))
-        policy.normalizer.set_stats("action", cache.stats("action", pcfg.action_norm))
+        pcfg, policy, step = _trainer(policy_type, cache)
         ds = (ActSamples(cache, "train", pcfg.chunk_size) if policy_type == "act"
               else DiffusionSamples(cache, "train", pcfg.n_obs_steps, pcfg.horizon))  # fmt: skip
-        loader = DataLoader(ds, batch_sampler=StepBatches(len(ds), 8, 0, 0, steps + 2))
-        optim = torch.optim.AdamW(policy.parameters(), lr=1e-4)
         times = []
-        for k, batch in enumerate(loader):
+        for k, batch in enumerate(batch_loader(ds, StepBatches(len(ds), 8, 0, 0, steps + 2))):
             t0 = time.perf_counter()
-            obs, action, pad = policy_batch(batch, "cpu")
-            if policy_type == "act":
-                loss, _ = policy.compute_loss(obs, action, pad)
-            else:
-                loss, _ = policy.compute_loss(obs, action)
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
+            step(batch)
             if k >= 2:  # warm-up
                 times.append(time.perf_counter() - t0)
-        step_s = statistics.median(times)
         out[f"{policy_type}_cpu_preset"] = {
             "params_M": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
             "image_hw": list(pcfg.image_hw),
-            "train_steps_per_s_batch8": round(1 / step_s, 2),
+            "train_steps_per_s_batch8": round(1 / statistics.median(times), 2),
         }
     return out
 
@@ -215,14 +307,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per episode")
     ap.add_argument("--train-steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--loader-batches", type=int, default=300, help="timed batches per loader")
+    ap.add_argument("--loader-repeats", type=int, default=3)
+    ap.add_argument("--only", choices=("loader", "training", "latency"),
+                    help="after the dataset part, run this part only")  # fmt: skip
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     result: dict = {"threads": a.threads, "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cache, result["dataset"] = bench_data(root, a.episodes, a.seconds)
-        result["training"] = bench_training(cache, a.train_steps)
-        result["latency"] = bench_latency(cache, root, a.threads, a.repeats)
+        if a.only in (None, "loader"):
+            result["loader"] = bench_loader(cache, a.loader_batches, a.train_steps,
+                                            a.loader_repeats)  # fmt: skip
+        if a.only in (None, "training"):
+            result["training"] = bench_training(cache, a.train_steps)
+        if a.only in (None, "latency"):
+            result["latency"] = bench_latency(cache, root, a.threads, a.repeats)
     print(json.dumps(result, indent=2))
 
 
