@@ -332,7 +332,9 @@ def test_replay_reproduces_a_recorded_episode(tmp_path) -> None:
     for arm in ("left", "right"):
         for name, e in report["tracking_error"][arm]["joints"].items():
             assert e["rms"] < 0.05, (name, e)
-        assert report["tracking_error"][arm]["samples"] > 250
+        # at least half the 100 Hz joint states of the 3 s replay (~300 on an idle host; a
+        # fresh-clone CI run on 2 cores had 231: the sim lags under load, the rms holds)
+        assert report["tracking_error"][arm]["samples"] > 150
     assert report["replay_success"] is False  # nobody picked up the cube
 
     # The video holds every frame the sim rendered while the replay recorded (an independent
