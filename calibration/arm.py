@@ -303,15 +303,19 @@ def compute_calibration(
 
 
 # --- on the bus --------------------------------------------------------------------------------
-def _retried(fn: Callable[[], T], attempts: int = 3) -> T:
-    """One transient bus error (a noisy line at power-up) must not fail a calibration."""
+def _retried(bus: ServoBus, fn: Callable[[], T], attempts: int = 3) -> T:
+    """One transient bus error (a noisy line at power-up) must not fail a calibration. After a
+    failure the line is drained until quiet: a reply that came after its deadline would
+    otherwise answer the retry, and every transaction after it (seen: "asked id 2, reply
+    from id 1" on every joint after one slow first reply)."""
     for attempt in range(attempts):
+        bus.clear()  # a reply that came late for the previous transaction
         try:
             return fn()
         except BusError:
+            bus.drain(max(bus.timeout_s, 0.05))  # this one's, if it is only slow
             if attempt == attempts - 1:
                 raise
-            time.sleep(0.01)
     raise AssertionError("unreachable")
 
 
@@ -323,7 +327,7 @@ def read_ticks(bus: ServoBus, cfg: ArmConfig) -> dict[str, int]:
     """Every joint's servo-reported position, ticks in 0..4095."""
     fam = cfg.family
     ids = [j.servo_id for j in cfg.joints]
-    replies = _retried(lambda: bus.sync_read(ids, fam.state_address, fam.state_length))
+    replies = _retried(bus, lambda: bus.sync_read(ids, fam.state_address, fam.state_length))
     return {
         j.name: fam.decode_state(replies[j.servo_id].data)[0] % TICKS_PER_REV for j in cfg.joints
     }
@@ -336,7 +340,7 @@ def check_servos(bus: ServoBus, cfg: ArmConfig) -> list[str]:
     problems = []
     for j in cfg.joints:
         try:
-            data = _retried(lambda j=j: bus.read(j.servo_id, address, 2)).data
+            data = _retried(bus, lambda j=j: bus.read(j.servo_id, address, 2)).data
         except BusError as exc:
             problems.append(f"{j.name}: servo id {j.servo_id} does not answer ({exc})")
             continue
@@ -354,13 +358,13 @@ def clear_offsets(bus: ServoBus, cfg: ArmConfig) -> None:
     """Torque off and offset registers to 0: the servos report raw ticks."""
     regs = REGISTERS[cfg.backend]
     for j in cfg.joints:
-        _retried(lambda j=j: regs.write_offset(bus, j.servo_id, 0))
+        _retried(bus, lambda j=j: regs.write_offset(bus, j.servo_id, 0))
 
 
 def write_offsets(bus: ServoBus, cal: ArmCalibration) -> None:
     regs = REGISTERS[cal.protocol]
     for j in cal.joints:
-        _retried(lambda j=j: regs.write_offset(bus, j.servo_id, j.servo_offset))
+        _retried(bus, lambda j=j: regs.write_offset(bus, j.servo_id, j.servo_offset))
 
 
 def verify(bus: ServoBus, cfg: ArmConfig, cal: ArmCalibration) -> list[str]:
@@ -371,7 +375,7 @@ def verify(bus: ServoBus, cfg: ArmConfig, cal: ArmCalibration) -> list[str]:
     regs = REGISTERS[cfg.backend]
     for j in cal.joints:
         try:
-            value = _retried(lambda j=j: regs.read_offset(bus, j.servo_id))
+            value = _retried(bus, lambda j=j: regs.read_offset(bus, j.servo_id))
         except BusError as exc:
             problems.append(f"{j.name}: offset register unreadable ({exc})")
             continue

@@ -3,8 +3,11 @@ written, reloaded, verified; a range across the encoder seam), and the CLI drive
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -16,6 +19,7 @@ from apprentice.calibration.arm import (
     ArmCalibration,
     CalibrationMismatch,
     RangeRecorder,
+    check_servos,
     compute_calibration,
     direction,
     open_bus,
@@ -218,3 +222,25 @@ def test_cli_calibrates_from_stdin_and_verify_catches_a_changed_servo(tmp_path) 
         bad = subprocess.run(check, capture_output=True, text=True, timeout=30)
         assert bad.returncode == 1
         assert "shoulder_lift: servo id 2 has offset 77" in bad.stderr
+
+
+def test_late_replies_do_not_shift_onto_the_next_servos(tmp_path) -> None:
+    """The emulator stalls for 0.15 s (a host under load, seen in CI), then answers every
+    request it missed at once: those late replies are dropped, never taken for the next
+    servos' (before: "asked id 2, reply from id 1" on every joint)."""
+    cfg = arm_config(robot_file(tmp_path, "feetech"), "feetech_follower")
+    with EmulatorProcess("feetech", IDS) as emu:
+        bus = open_bus(cfg, emu.port, 1_000_000, timeout_s=0.02)
+        try:
+            assert check_servos(bus, cfg) == []
+            os.kill(emu.proc.pid, signal.SIGSTOP)
+            resume = threading.Timer(0.15, os.kill, (emu.proc.pid, signal.SIGCONT))
+            resume.start()
+            try:
+                problems = check_servos(bus, cfg)
+            finally:
+                resume.join()
+            assert problems == [], problems
+            assert check_servos(bus, cfg) == []
+        finally:
+            bus.link.close()
