@@ -75,9 +75,15 @@ def find_episodes(path: str | Path, *, include_failed: bool = False) -> list[Epi
         from apprentice.recording import DatasetIndex
 
         entries = DatasetIndex(path).list()
-        return [
+        chosen = [
             EpisodeSource(e.episode_id, path / e.bag) for e in entries if e.passed or include_failed
         ]
+        if entries and not chosen:  # say why, not "no episodes"
+            raise DatasetError(
+                f"{path}: all {len(entries)} kept episode(s) were flagged by the quality gate "
+                f"(index.json says why); --include-flagged builds from them"
+            )
+        return chosen
     found = [
         EpisodeSource(d.name, d)
         for d in sorted(path.iterdir())

@@ -221,6 +221,12 @@ def test_dataset_build_leaves_out_flagged_episodes_and_says_so(raw_bags, tmp_pat
     assert main([*base, "--out", str(tmp_path / "all"), "--include-flagged"]) == 0
     assert "left out" not in capsys.readouterr().out
     assert len(DatasetCache(tmp_path / "all").episodes) == 4
+    every = tmp_path / "every"  # all flagged: the error says so, not "no episodes"
+    shutil.copytree(raw_bags, every)
+    for bag in sorted(p.name for p in every.iterdir() if p.is_dir()):
+        DatasetIndex(every).append(EpisodeEntry(bag, "", 0, 1.5, {}, False, (lost,), bag))
+    with pytest.raises(DatasetError, match=r"all 4 kept episode\(s\) were flagged by the quality"):
+        main(["dataset", "build", str(every), "--out", str(tmp_path / "none")])
 
 
 def test_skip_bad_infers_the_config_from_the_first_bag_that_opens(raw_bags, tmp_path) -> None:
