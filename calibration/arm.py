@@ -303,20 +303,22 @@ def compute_calibration(
 
 
 # --- on the bus --------------------------------------------------------------------------------
-def _retried(bus: ServoBus, fn: Callable[[], T], attempts: int = 3) -> T:
+def _retried(bus: ServoBus, fn: Callable[[], T], attempts: int = 3, patience_s: float = 0.0) -> T:
     """One transient bus error (a noisy line at power-up) must not fail a calibration. After a
     failure the line is drained until quiet: a reply that came after its deadline would
     otherwise answer the retry, and every transaction after it (seen: "asked id 2, reply
     from id 1" on every joint after one slow first reply)."""
-    for attempt in range(attempts):
+    end = time.monotonic() + patience_s  # and at least `attempts` tries
+    attempt = 0
+    while True:
+        attempt += 1
         bus.clear()  # a reply that came late for the previous transaction
         try:
             return fn()
         except BusError:
             bus.drain(max(bus.timeout_s, 0.05))  # this one's, if it is only slow
-            if attempt == attempts - 1:
+            if attempt >= attempts and time.monotonic() >= end:
                 raise
-    raise AssertionError("unreachable")
 
 
 def open_bus(cfg: ArmConfig, port: str, baudrate: int, timeout_s: float = 0.02) -> ServoBus:
@@ -340,7 +342,9 @@ def check_servos(bus: ServoBus, cfg: ArmConfig) -> list[str]:
     problems = []
     for j in cfg.joints:
         try:
-            data = _retried(bus, lambda j=j: bus.read(j.servo_id, address, 2)).data
+            # 1 s of patience: the first contact after opening the port (a host under load
+            # stalled an emulated bus ~0.5 s in CI); a missing servo costs 1 s to report
+            data = _retried(bus, lambda j=j: bus.read(j.servo_id, address, 2), patience_s=1.0).data
         except BusError as exc:
             problems.append(f"{j.name}: servo id {j.servo_id} does not answer ({exc})")
             continue

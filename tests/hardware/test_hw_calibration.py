@@ -225,7 +225,7 @@ def test_cli_calibrates_from_stdin_and_verify_catches_a_changed_servo(tmp_path) 
 
 
 def test_late_replies_do_not_shift_onto_the_next_servos(tmp_path) -> None:
-    """The emulator stalls for 0.15 s (a host under load, seen in CI), then answers every
+    """The emulator stalls for 0.5 s (a host under load, seen in CI), then answers every
     request it missed at once: those late replies are dropped, never taken for the next
     servos' (before: "asked id 2, reply from id 1" on every joint)."""
     cfg = arm_config(robot_file(tmp_path, "feetech"), "feetech_follower")
@@ -234,7 +234,7 @@ def test_late_replies_do_not_shift_onto_the_next_servos(tmp_path) -> None:
         try:
             assert check_servos(bus, cfg) == []
             os.kill(emu.proc.pid, signal.SIGSTOP)
-            resume = threading.Timer(0.15, os.kill, (emu.proc.pid, signal.SIGCONT))
+            resume = threading.Timer(0.5, os.kill, (emu.proc.pid, signal.SIGCONT))
             resume.start()
             try:
                 problems = check_servos(bus, cfg)
