@@ -227,20 +227,32 @@ def top_down_frame(base: np.ndarray, position: np.ndarray) -> np.ndarray:
     return gripper_frame(np.array([0.0, 0.0, -1.0]), np.append(closing, 0.0))
 
 
-def so100_lift(scene: Scene) -> dict[str, list[Waypoint]]:
-    """Above the cube, down around it, close, lift 8 cm, hold (5 s)."""
+def _so100_pick(scene: Scene) -> tuple[np.ndarray, np.ndarray, list[Waypoint]]:
+    """The SO-100's grasp of the cube from straight above: (gripper frame, grasp point, the
+    waypoints from the start pose to the closed jaw at 2.8 s)."""
     cube = scene.objects["box"]
     frame = top_down_frame(scene.ik["arm"].base, cube)
     grasp = cube - frame @ np.array(SO_CUBE_GRASP)
-    open_, closed = SO_JAW_OPEN, SO_JAW_CLOSED
+    return (
+        frame,
+        grasp,
+        [
+            scene.start("arm"),
+            Waypoint(1.5, grasp + [0, 0, 0.06], frame, SO_JAW_OPEN, through=True),  # above the cube
+            Waypoint(2.2, grasp, frame, SO_JAW_OPEN),  # down around it
+            Waypoint(2.8, grasp, frame, SO_JAW_CLOSED),  # close
+        ],
+    )
+
+
+def so100_lift(scene: Scene) -> dict[str, list[Waypoint]]:
+    """Above the cube, down around it, close, lift 8 cm, hold (5 s)."""
+    frame, grasp, pick = _so100_pick(scene)
     return {
         "arm": [
-            scene.start("arm"),
-            Waypoint(1.5, grasp + [0, 0, 0.06], frame, open_, through=True),  # above the cube
-            Waypoint(2.2, grasp, frame, open_),  # down around it
-            Waypoint(2.8, grasp, frame, closed),  # close
-            Waypoint(3.8, grasp + [0, 0, 0.08], frame, closed),  # lift
-            Waypoint(5.0, grasp + [0, 0, 0.08], frame, closed),  # hold
+            *pick,
+            Waypoint(3.8, grasp + [0, 0, 0.08], frame, SO_JAW_CLOSED),  # lift
+            Waypoint(5.0, grasp + [0, 0, 0.08], frame, SO_JAW_CLOSED),  # hold
         ]
     }
 
@@ -248,21 +260,15 @@ def so100_lift(scene: Scene) -> dict[str, list[Waypoint]]:
 def so100_pick_place(scene: Scene) -> dict[str, list[Waypoint]]:
     """The lift's grasp, then over the target square, down until the cube nearly rests on the
     table, open, back up (7 s)."""
-    cube, target = scene.objects["box"], scene.objects["target"]
-    base = scene.ik["arm"].base
-    frame = top_down_frame(base, cube)
-    grasp = cube - frame @ np.array(SO_CUBE_GRASP)
+    frame, grasp, pick = _so100_pick(scene)
     # the cube's centre over the square's, its bottom 3 mm above the table
-    drop_at = np.array([*target[:2], 0.0125 + 0.003])
-    place_frame = top_down_frame(base, drop_at)
+    drop_at = np.array([*scene.objects["target"][:2], 0.0125 + 0.003])
+    place_frame = top_down_frame(scene.ik["arm"].base, drop_at)
     place = drop_at - place_frame @ np.array(SO_CUBE_GRASP)
-    open_, closed = SO_JAW_OPEN, SO_JAW_CLOSED
+    closed, open_ = SO_JAW_CLOSED, SO_JAW_OPEN
     return {
         "arm": [
-            scene.start("arm"),
-            Waypoint(1.5, grasp + [0, 0, 0.06], frame, open_, through=True),  # above the cube
-            Waypoint(2.2, grasp, frame, open_),  # down around it
-            Waypoint(2.8, grasp, frame, closed),  # close
+            *pick,
             Waypoint(3.6, grasp + [0, 0, 0.06], frame, closed, through=True),  # lift
             Waypoint(4.6, place + [0, 0, 0.06], place_frame, closed, through=True),  # over it
             Waypoint(5.3, place, place_frame, closed),  # down
