@@ -262,7 +262,20 @@ def _column(names: tuple[str, ...], name: str) -> int:
 # --- video -------------------------------------------------------------------------------
 
 
-class PyAVVideo:
+class _StampSpan:
+    """The capture stamps of the first and last frame written (s), None before any."""
+
+    first_stamp: float | None = None
+    last_stamp: float | None = None
+
+    def _note(self, stamp: float) -> None:
+        if self.first_stamp is None:
+            self.first_stamp = stamp
+        self.last_stamp = stamp
+        self.frames += 1
+
+
+class PyAVVideo(_StampSpan):
     """H.264 (libx264, else MPEG-4 Part 2) through PyAV. Frames keep their capture stamps as
     presentation times (ms), so skipped renders show as pauses, not as a faster video."""
 
@@ -291,7 +304,7 @@ class PyAVVideo:
         frame.pts, frame.time_base = pts, Fraction(1, 1000)
         self._last_pts = pts
         self._container.mux(self._stream.encode(frame))
-        self.frames += 1
+        self._note(stamp)
 
     def _open(self, width: int, height: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,7 +326,7 @@ class PyAVVideo:
         return self.frames
 
 
-class OpenCVVideo:
+class OpenCVVideo(_StampSpan):
     """Motion-JPEG in AVI through OpenCV (no PyAV needed). Constant frame rate: stamps are not
     kept, so frames the sim skipped shorten the video."""
 
@@ -329,7 +342,7 @@ class OpenCVVideo:
         self._writer = None
 
     def write(self, rgb: np.ndarray, stamp: float) -> None:
-        """rgb: (H, W, 3) uint8; stamp: unused (constant rate)."""
+        """rgb: (H, W, 3) uint8; stamp: capture time, s (kept as the span, not per frame)."""
         cv2 = self._cv2
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -340,7 +353,7 @@ class OpenCVVideo:
             if not self._writer.isOpened():
                 raise RuntimeError(f"OpenCV cannot write {self.path}")
         self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        self.frames += 1
+        self._note(stamp)
 
     def close(self) -> int:
         if self._writer is not None:

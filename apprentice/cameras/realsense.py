@@ -113,6 +113,9 @@ class RealSenseCamera(CapturedCamera):
         # Frames the device numbered but the pipeline never handed over (USB loss, a playback
         # or syncer drop): gaps in the color frame numbers after the first frame.
         self.lost_upstream = 0
+        # Framesets with color but no depth or depth but no color (the syncer gave up waiting
+        # for the partner): counted (the camera node logs them), never delivered.
+        self.unpaired = 0
         self._align = rs.align(rs.stream.color) if cfg.depth else None
         self._slot = LatestFrame()
         self._stop = threading.Event()
@@ -136,13 +139,17 @@ class RealSenseCamera(CapturedCamera):
                 if self._align is not None:
                     frames = self._align.process(frames)
                 color = frames.get_color_frame()
-                depth = frames.get_depth_frame() if self._align is not None else None
-                if not color or (self._align is not None and not depth):
-                    continue  # a color frame is only delivered with its depth partner
+                if not color:
+                    self.unpaired += 1  # depth alone: depth is only delivered with its color
+                    continue
                 number = color.get_frame_number()
                 if last_number is not None and number > last_number:
                     self.lost_upstream += number - last_number - 1
                 last_number = number
+                depth = frames.get_depth_frame() if self._align is not None else None
+                if self._align is not None and not depth:
+                    self.unpaired += 1
+                    continue
                 # Copies: librealsense recycles the frame's memory once the frame is released.
                 image = np.asanyarray(color.get_data()).copy()  # (H, W, 3) uint8 RGB
                 stamp = self._stamp(color, arrival, period)

@@ -185,25 +185,38 @@ def test_episodes_quality_discard_sigterm_and_kill9(pubs, tmp_path) -> None:
     assert {ep: sha(dataset / ep) for ep in before} == before
 
 
+def _session(stderr=None) -> tuple[subprocess.Popen, Lines]:
+    """An interactive record_session; each key waits for the line that says it was done."""
+    session = subprocess.Popen(
+        [sys.executable, "-m", "apprentice_ros.record_session", "--interactive"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+    )  # fmt: skip
+    return session, Lines(session.stdout)
+
+
+def _key(session: subprocess.Popen, out: Lines, key: str, then: str, wait: float = 0.0) -> None:
+    session.stdin.write(key + "\n")
+    session.stdin.flush()
+    out.wait_for(then, 30)
+    time.sleep(wait)
+
+
 def test_terminal_session_keys_start_keep_discard(pubs, tmp_path) -> None:
     """The operator's keys (here piped): s start, k keep, s, d discard, q quit."""
     dataset = tmp_path / "ds"
     runner = start_recorder(dataset, tmp_path / "logs")
     try:
-        session = subprocess.Popen(
-            [sys.executable, "-m", "apprentice_ros.record_session", "--interactive"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        for key, wait in (("s", 1.5), ("k", 0.5), ("s", 1.0), ("d", 0.5), ("q", 0.0)):
-            session.stdin.write(key + "\n")
-            session.stdin.flush()
-            time.sleep(wait)
-        out, _ = session.communicate(timeout=30)
+        session, out = _session()
+        out.wait_for("ready; keys", 30)
+        _key(session, out, "s", "recording episode_0000", wait=1.0)
+        _key(session, out, "k", "kept episode_0000")
+        _key(session, out, "s", "recording episode_0001", wait=0.5)
+        _key(session, out, "d", "discarded episode_0001")
+        session.stdin.write("q\n")
+        session.stdin.flush()
+        assert session.wait(timeout=30) == 0, "".join(out.lines)
     finally:
         runner.stop()
-    assert session.returncode == 0, out
-    assert "recording episode_0000" in out and "kept episode_0000" in out
-    assert "discarded episode_0001" in out
     entries = DatasetIndex(dataset).list(include_discarded=True)
     assert [(e.episode_id, e.status) for e in entries] == [
         ("episode_0000", "kept"),
@@ -215,19 +228,14 @@ def test_ctrl_c_ends_a_terminal_session_with_130_and_no_traceback(pubs, tmp_path
     """SIGINT while an episode records: exit 130 within seconds, nothing but our lines."""
     runner = start_recorder(tmp_path / "ds", tmp_path / "logs")
     try:
-        session = subprocess.Popen(
-            [sys.executable, "-m", "apprentice_ros.record_session", "--interactive"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        session.stdin.write("s\n")
-        session.stdin.flush()
-        time.sleep(1.5)
+        session, out = _session(stderr=subprocess.PIPE)
+        _key(session, out, "s", "recording episode_0000", wait=0.5)
         session.send_signal(signal.SIGINT)
-        out, err = session.communicate(timeout=15)
+        session.wait(timeout=15)
+        err = session.stderr.read()
     finally:
         runner.stop()
-    assert session.returncode == 130, (out, err)
-    assert "recording episode_0000" in out
+    assert session.returncode == 130, ("".join(out.lines), err)
     assert "Traceback" not in err and "context" not in err, err
 
 

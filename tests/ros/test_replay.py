@@ -194,6 +194,7 @@ def test_video_backends_write_every_frame(tmp_path, backend) -> None:
     for k, c in enumerate(colours):
         video.write(np.full((48, 64, 3), c, np.uint8), stamp=1000.0 + k / 30)
     assert video.close() == 20
+    assert (video.first_stamp, video.last_stamp) == (1000.0, 1000.0 + 19 / 30)
     cap = cv2.VideoCapture(str(video.path))
     frames = []
     while True:
@@ -337,24 +338,28 @@ def test_replay_reproduces_a_recorded_episode(tmp_path) -> None:
         assert report["tracking_error"][arm]["samples"] > 150
     assert report["replay_success"] is False  # nobody picked up the cube
 
-    # The video holds every frame the sim rendered while the replay recorded (an independent
-    # subscriber counted them), and the camera ran throughout: at least half its 30 Hz (an
-    # idle host renders them all; one running two other test suites was seen at 65 %).
+    # The video holds every frame the sim rendered between its first and last frame (an
+    # independent subscriber counted them), and the camera ran throughout the replay's window:
+    # at least half its 30 Hz (an idle host renders them all; one running two other test
+    # suites was seen at 65 %).
     stamps = np.concatenate([s.stamps for s in replayed.joints.values()])
     start, end = stamps.min(), stamps.max()  # the replay's recording window, s
-    rendered = int(np.sum((camera_stamps >= start) & (camera_stamps <= end)))
-    cap = cv2.VideoCapture(report["video"]["path"])
+    video = report["video"]
+    cap = cv2.VideoCapture(video["path"])
     decoded = 0
     while cap.read()[0]:
         decoded += 1
-    assert decoded == report["video"]["frames"]
+    assert decoded == video["frames"]
     nominal = 30 * (end - start)
     assert decoded > 0.5 * nominal, f"the video has {decoded} of {nominal:.0f} frames"
-    if camera_stamps.size and camera_stamps.min() <= start:
-        # The watcher saw the whole window: the video holds every frame rendered in it.
+    first, last = video["first_stamp"], video["last_stamp"]
+    assert first < last and first <= start + 0.5 and last >= end - 0.5, (first, last, start, end)
+    rendered = int(np.sum((camera_stamps >= first) & (camera_stamps <= last)))
+    if camera_stamps.size and camera_stamps.min() <= first:
+        # The watcher saw the video's whole span: the video holds every frame rendered in it.
         assert decoded == pytest.approx(rendered, rel=0.10), (decoded, rendered)
     else:
-        # The watcher's discovery finished inside the window: it saw only part of it.
+        # The watcher's discovery finished inside the span: it saw only part of it.
         assert decoded >= rendered, (decoded, rendered)
 
 

@@ -136,15 +136,21 @@ def main(args: list[str] | None = None) -> None:
     )
     if calibration is None and p["backend"] == "uvc":
         node.get_logger().warning("no camera_info_file: camera_info holds nominal intrinsics")
-    dropped = [getattr(camera, "dropped", 0)]  # those before the node started do not count
+    # What each counter means; a camera has those its backend keeps. Counts from before the
+    # node started do not count.
+    losses = {
+        "dropped": "frame(s) dropped: the publisher fell behind (JPEG encoding, a loaded host)",
+        "lost_upstream": "frame(s) the device numbered but never handed over (USB, syncer)",
+        "unpaired": "frameset(s) with color or depth missing its partner, not published",
+    }
+    seen = {k: getattr(camera, k) for k in losses if hasattr(camera, k)}
 
     def report_drops() -> None:
-        # Frames the camera delivered but the publisher thread never took: it fell behind
-        # (JPEG encoding, a loaded host), so the topic rate is below the camera's.
-        now = getattr(camera, "dropped", 0)
-        if now > dropped[0]:
-            node.get_logger().warning(f"{now - dropped[0]} frame(s) dropped in the last second")
-        dropped[0] = now
+        for k, before in seen.items():
+            now = getattr(camera, k)
+            if now > before:
+                node.get_logger().warning(f"{now - before} {losses[k]} in the last second")
+            seen[k] = now
 
     node.create_timer(1.0, report_drops)
     spin_nodes([node])

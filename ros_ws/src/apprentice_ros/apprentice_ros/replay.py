@@ -243,7 +243,14 @@ def replay(a: argparse.Namespace) -> dict:
         "replay_success": replayed.succeeded(),
         "replay_bag": str(out / "bag"),
         "replay_span_s": replayed.command_span,
-        "video": {"path": str(video.path), "frames": frames, "fps": fps, "camera": camera},
+        "video": {
+            "path": str(video.path),
+            "frames": frames,
+            "fps": fps,
+            "camera": camera,
+            "first_stamp": video.first_stamp,  # capture stamps of its first and last frame, s
+            "last_stamp": video.last_stamp,
+        },
         "graph_exit_code": graph_code,
         "tracking_error": {arm: e.as_dict() for arm, e in errors.items()},
     }
