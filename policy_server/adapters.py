@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from apprentice.learning.runtime import ActOnnxRunner, DiffusionOnnxRunner
+from apprentice.learning.runtime import ActOnnxRunner, DiffusionOnnxRunner, open_session
 from apprentice.policy_server.card import PolicyRefused, load_card
 from apprentice.policy_server.chunking import inpainted_ddim_sample
 
@@ -46,13 +46,8 @@ class _ProviderSessions:
     threads: int
 
     def _graph(self, name: str) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        # idle onnxruntime threads would spin and take CPU from the control loop and drivers
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = self.directory / self.card["graphs"][name]["file"]  # type: ignore[attr-defined]
-        return ort.InferenceSession(str(path), options, providers=self.providers)
+        return open_session(path, self.threads, self.providers)
 
 
 class _ActRunner(_ProviderSessions, ActOnnxRunner):

@@ -96,14 +96,19 @@ def verify_files(card: dict[str, Any], directory: str | Path) -> bool:
     return True
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
+def open_session(
+    path: Path, threads: int, providers: list[str] | None = None
+) -> ort.InferenceSession:
+    """An onnxruntime session with the runtime's CPU settings (CPU provider unless given)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Idle worker threads would otherwise spin after each run, taking CPU from the drivers and
     # camera pipelines that share the robot computer (measured: it slows torch beside it ~10x).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), options, providers=providers or ["CPUExecutionProvider"]
+    )
 
 
 class _OnnxRunner:
@@ -115,7 +120,7 @@ class _OnnxRunner:
         self.action_stats = NormStats.from_json(card["normalization"]["action"])
 
     def _graph(self, name: str) -> ort.InferenceSession:
-        return _session(self.directory / self.card["graphs"][name]["file"], self.threads)
+        return open_session(self.directory / self.card["graphs"][name]["file"], self.threads)
 
 
 class ActOnnxRunner(_OnnxRunner):
