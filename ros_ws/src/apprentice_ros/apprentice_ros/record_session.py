@@ -45,7 +45,7 @@ from apprentice_ros.runtime import CallAborted, call_trigger, init
 LEADER_RATE_HZ = 100.0  # what a leader arm driver publishes
 SETTLE_S = 0.5  # after a reset, objects drop onto the table
 HOLD_S = 0.5  # after the last waypoint, before the episode stops
-RECORDER_RESTART_S = 60.0  # s for a restarted recorder to answer
+RECORDER_RESTART_S = 60.0  # s for a (re)started recorder to answer
 
 
 class RecorderLost(RuntimeError):
@@ -74,9 +74,10 @@ class Session(Node):
         self.recorder_params = AsyncParameterClient(self, "/recorder")
         self._leader_pubs: dict[str, object] = {}
         # Recorder restarts signalled so far (SIGUSR1, see the module doc), the number the
-        # recorder last answered after, and an event set by each (it ends a scripted demo).
+        # recorder last answered after (None: never yet), and an event set by each (it ends a
+        # scripted demo).
         self.restarts = 0
-        self._answered_after = 0
+        self._answered_after: int | None = None
         self.restarted = threading.Event()
 
     def on_recorder_restart(self, _signum: int, _frame: object) -> None:
@@ -104,16 +105,19 @@ class Session(Node):
         return info
 
     def wait_for_recorder(self) -> None:
-        """After a restart, until the new recorder answers: a request sent before it is up is
-        never answered (a call would wait out its whole timeout)."""
+        """At the start and after a restart, until the recorder answers its status service,
+        asking every 2 s: a request sent before the recorder is up, or before its reply path
+        is matched (discovery lags on a loaded host; seen in CI: one request unanswered for
+        60 s), is never answered, so one call would wait out its whole timeout."""
         end = time.monotonic() + RECORDER_RESTART_S
         while self._answered_after != (restarts := self.restarts):
             try:
                 call_trigger(self.trigger_clients["status"], 2.0)
             except RuntimeError:
                 if time.monotonic() > end:
+                    what = "restarted recorder" if restarts else "recorder"
                     raise RuntimeError(
-                        f"the restarted recorder did not answer within {RECORDER_RESTART_S:g} s"
+                        f"the {what} did not answer within {RECORDER_RESTART_S:g} s"
                     ) from None
                 continue
             self._answered_after = restarts
@@ -287,7 +291,7 @@ class StatusDisplay:
 
 def run_interactive(node: Session, interval: float | None = None) -> list[dict]:
     tty = sys.stdout.isatty()
-    node.call("status", timeout=60.0)  # waits until the recorder is up
+    node.call("status")  # waits until the recorder is up
     display = StatusDisplay(node, interval or (0.5 if tty else 2.0), tty)
     rows: list[dict] = []
     display.say("ready; keys: s start, k stop and keep, d discard, q quit")

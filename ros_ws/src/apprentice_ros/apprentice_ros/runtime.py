@@ -43,6 +43,7 @@ def call_trigger(
             client.remove_pending_request(future)
             raise CallAborted(f"service {client.srv_name}: call abandoned")
         if time.monotonic() > end:
+            client.remove_pending_request(future)
             raise RuntimeError(f"service {client.srv_name} did not answer")
         time.sleep(0.01)
     res = future.result()
