@@ -52,12 +52,14 @@ from apprentice.replay import (
 )
 from apprentice.transport import isolated_domain_id, ros_env
 from apprentice_ros.arm_driver import JOINT_QOS
-from apprentice_ros.camera import IMAGE_QOS
 from apprentice_ros.conversions import from_time, image_to_array
 from apprentice_ros.runtime import init
 
 # Like the recorder: a chunk write can stall a callback for ~15 ms; the queue absorbs it.
 RECORD_QOS = QoSProfile(depth=100)
+# 2 s of 30 Hz frames: a frame waits for the video encoder instead of being replaced by the next
+# (depth 5 lost 17 of 121 frames on a loaded CI host)
+VIDEO_QOS = QoSProfile(depth=60)
 
 
 class ReplayNode(Node):
@@ -95,7 +97,7 @@ class ReplayNode(Node):
                 Image,
                 self.camera_topic,
                 self._on_image,
-                IMAGE_QOS,
+                VIDEO_QOS,
                 callback_group=MutuallyExclusiveCallbackGroup(),
             )
 
