@@ -91,7 +91,9 @@ def test_scripted_session_goes_on_after_the_recorder_is_killed(tmp_path) -> None
         log = dataset / "logs" / "recorder.log"
         deadline = time.monotonic() + 120
         while not (log.exists() and "episode episode_0000 started" in log.read_text()):
-            assert time.monotonic() < deadline and proc.poll() is None, "no episode started"
+            if proc.poll() is not None:
+                raise AssertionError(f"record exited {proc.returncode}:\n{proc.stdout.read()}")
+            assert time.monotonic() < deadline, "no episode started"
             time.sleep(0.2)
         time.sleep(2.0)
         os.kill(child_pid(proc.pid, "apprentice_ros.recorder"), signal.SIGKILL)
