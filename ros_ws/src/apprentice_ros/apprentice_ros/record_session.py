@@ -301,7 +301,7 @@ class StatusDisplay:
 
 def run_interactive(node: Session, interval: float | None = None) -> list[dict]:
     tty = sys.stdout.isatty()
-    node.call("status")  # waits until the recorder is up
+    node.wait_for_recorder()  # asks its status until it answers
     display = StatusDisplay(node, interval or (0.5 if tty else 2.0), tty)
     rows: list[dict] = []
     display.say("ready; keys: s start, k stop and keep, d discard, q quit")
