@@ -15,8 +15,11 @@
    content. So --render-frames frames of the same scene are rendered at 480x640 by MuJoCo
    (the demo's 50° top camera, the first bag's seed and commands) and encoded at the same
    qualities: their bytes and decode time are what real 480x640 content costs.
-Ratios: JPEG over raw in the same run; LeRobot's numbers are the issue's measurements on the
-demo's 50 episodes (AV1 0.72 KB per frame; its loader 225 samples/s at 0 workers, 359 at 2).
+3. LeRobot's size, on the same episodes: the 96x128 bags exported to a LeRobot v3.0 dataset
+   by apprentice's exporter (AV1 at LeRobot's settings: crf 30, GOP 2, yuv420p), the whole
+   folder (videos, parquet, meta) per frame: the size goal's reference (<= 2x).
+Ratios: JPEG over raw in the same run; LeRobot's loader speed is the issue's measurement on
+the demo's 50 transfer cube episodes (225 samples/s at 0 workers, 359 at 2).
 Prints JSON. Numbers depend on the host's load: run it on a quiet machine.
 """
 
@@ -37,9 +40,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from apprentice.dataset import DatasetCache, DatasetConfig, EpisodeBag, build_cache, find_episodes
+from apprentice.dataset.image_store import scan_start
 from apprentice.dataset.samples import ActSamples
 
-LEROBOT_AV1_KB_PER_FRAME = 0.72  # the issue: 15 MB / 20,770 frames, 96x128, same episodes
 LEROBOT_SAMPLES_PER_S = 225.0  # the issue: LeRobot's loader, 0 workers
 CHUNK = 50  # the demo's ACT chunk size
 
@@ -104,11 +107,12 @@ def _decode_ms(jpegs: list[np.ndarray]) -> float:
 
 
 def _size_sweep(frames_hwc: np.ndarray, qualities: list[int], grid_per_stored: float) -> dict:
-    """KB per stored and per grid frame, and decode ms, of `frames` encoded at each quality."""
+    """KB per stored and per grid frame as the store keeps them (the scan; the header each
+    camera's frames share, ~620 bytes, once), and decode ms, of `frames` at each quality."""
     out = {}
     for q in qualities:
         jpegs = _encode(frames_hwc, q)
-        per = float(np.mean([j.size for j in jpegs]))
+        per = float(np.mean([j.size - scan_start(j.tobytes()) - 2 for j in jpegs]))
         out[str(q)] = {
             "kb_per_stored_frame": _kb(per),
             "kb_per_grid_frame": _kb(per / grid_per_stored),
@@ -117,9 +121,25 @@ def _size_sweep(frames_hwc: np.ndarray, qualities: list[int], grid_per_stored: f
     return out
 
 
+def lerobot_size(bags: Path, cfg: DatasetConfig, hw: tuple[int, int], root: Path) -> dict:
+    """The bags as a LeRobot v3.0 dataset (AV1): its whole folder's KB per frame."""
+    from apprentice.interop.lerobot_export import export_lerobot
+
+    t0 = time.perf_counter()
+    out = export_lerobot(bags, root / "lerobot", config=cfg, image_hw=hw, progress=False)
+    size = sum(p.stat().st_size for p in (root / "lerobot").rglob("*") if p.is_file())
+    return {
+        "frames": out.frames,
+        "episodes": out.episodes,
+        "mb": round(size / 1e6, 2),
+        "kb_per_frame": _kb(size / out.frames),
+        "export_s": round(time.perf_counter() - t0, 1),
+    }
+
+
 def bench_size(
     bags: list, cfg: DatasetConfig, hw: tuple[int, int], qualities: list[int], root: Path,
-    batches: int, rounds: int, sweep: list[int],
+    batches: int, rounds: int, sweep: list[int], lerobot_kb: float,
 ) -> dict:  # fmt: skip
     caches = {}
     build_s = {}
@@ -149,8 +169,8 @@ def bench_size(
             "act_samples_per_s": round(rate, 1),
             "samples_per_s_over_raw": round(rate / raw_rate, 3),
             "samples_per_s_over_lerobot_0_workers": round(rate / LEROBOT_SAMPLES_PER_S, 2),
-            "cache_size_over_lerobot_av1": round(
-                _cache_bytes(cache) / grid / 1000 / LEROBOT_AV1_KB_PER_FRAME, 2),
+            "cache_size_over_lerobot_av1": round(_cache_bytes(cache) / grid / 1000 / lerobot_kb,
+                                                 2),
         }  # fmt: skip
         if name != "raw":
             row["size_over_raw"] = round(image_bytes / _image_bytes(raw), 4)
@@ -164,7 +184,7 @@ def bench_size(
         out["caches"]["raw"]["cache_kb_per_grid_frame"] - out["caches"]["raw"]["kb_per_grid_frame"]
     )
     fits = [int(q) for q, r in sweep_out.items()
-            if r["kb_per_grid_frame"] + other_kb <= 2 * LEROBOT_AV1_KB_PER_FRAME]  # fmt: skip
+            if r["kb_per_grid_frame"] + other_kb <= 2 * lerobot_kb]  # fmt: skip
     out["highest_sweep_quality_within_2x_lerobot_av1"] = max(fits) if fits else None
     return out
 
@@ -205,20 +225,27 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds per rate (median)")
     p.add_argument("--render-frames", type=int, default=150, help="480x640 frames rendered")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--size-only", action="store_true", help="96x128 only, one rate round")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(1)
     bags = find_episodes(a.bags)
     cfg = DatasetConfig.from_yaml(a.config or Path(a.bags).parent / "dataset.yaml")
     result: dict = {"host_load_1min": os.getloadavg()[0], "lerobot_reference": {
-        "av1_kb_per_frame": LEROBOT_AV1_KB_PER_FRAME, "samples_per_s_0_workers": 225,
-        "samples_per_s_2_workers": 359}}  # fmt: skip
+        "samples_per_s_0_workers": 225, "samples_per_s_2_workers": 359}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        result["lerobot_av1_96x128"] = ref = lerobot_size(Path(a.bags), cfg, (96, 128), Path(tmp))
     with tempfile.TemporaryDirectory() as tmp:
         result["96x128"] = bench_size(bags, cfg, (96, 128), a.qualities, Path(tmp), a.batches,
-                                      a.rounds, a.sweep)  # fmt: skip
+                                      1 if a.size_only else a.rounds, a.sweep,
+                                      ref["kb_per_frame"])  # fmt: skip
+    if a.size_only:
+        print(json.dumps(result, indent=1))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         large = bench_size(bags[: a.large_episodes], cfg, (480, 640), a.qualities, Path(tmp),
-                           max(a.batches // 4, 20), a.rounds, a.qualities)  # fmt: skip
+                           max(a.batches // 4, 20), a.rounds, a.qualities,
+                           ref["kb_per_frame"])  # fmt: skip
         large["note"] = "96x128 renders resized up: JPEG sizes are a lower bound, see rendered"
         result["480x640_upscaled"] = large
     if a.render_frames:

@@ -308,7 +308,7 @@ def _build_into(
     files: dict[str, ArrayWriter] = {}
     store = {"kind": resolve_store(cfg.image_store, cfg.image_hw)}
     if store["kind"] == "jpeg":
-        store["quality"] = cfg.jpeg_quality
+        store |= {"quality": cfg.jpeg_quality, "tables": "shared"}
     cameras: list[FrameWriter] = []
     records: list[dict] = []
     skipped: list[str] = []

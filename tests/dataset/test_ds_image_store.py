@@ -11,6 +11,7 @@ import shutil
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,7 @@ import yaml
 from torch.utils.data import DataLoader, Subset, default_collate
 
 from apprentice.dataset import DatasetCache, DatasetConfig, EpisodeBag, build_cache, infer_config
-from apprentice.dataset.image_store import CorruptCacheError, resolve_store
+from apprentice.dataset.image_store import CorruptCacheError, resolve_store, scan_start
 from apprentice.dataset.samples import ActSamples
 from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
 
@@ -52,7 +53,7 @@ def jpeg(bags, tmp_path_factory) -> DatasetCache:
 
 def test_jpeg_cache_reads_like_the_raw_one(raw, jpeg) -> None:
     assert raw.image_store == "raw" and jpeg.image_store == "jpeg"
-    assert jpeg.meta["image_store"] == {"kind": "jpeg", "quality": 90}
+    assert jpeg.meta["image_store"] == {"kind": "jpeg", "quality": 90, "tables": "shared"}
     assert jpeg.meta["config"]["image_store"] == "jpeg"
     for name in ("stamps", "state", "action", "frame_index"):
         np.testing.assert_array_equal(np.asarray(jpeg.array(name)), np.asarray(raw.array(name)))
@@ -97,6 +98,54 @@ def test_cache_written_before_the_store_loads_as_raw(raw, tmp_path) -> None:
     assert cache.image_store == "raw"
     np.testing.assert_array_equal(cache.images(np.arange(9)), raw.images(np.arange(9)))
     DatasetConfig.from_json(cache.meta["config"])  # the old config still parses
+
+
+def _whole_files(jpeg: DatasetCache) -> list[bytes]:
+    """Camera 0's frames as the JPEG files they were cut from: shared header + scan + EOI."""
+    root, arrays = jpeg.root, jpeg.meta["arrays"]
+    header = (root / arrays["camera_0_header"]["file"]).read_bytes()
+    blob = (root / "camera_0.jpeg").read_bytes()
+    off = np.fromfile(root / "camera_0_offsets.u64", dtype=np.uint64).astype(int)
+    return [header + blob[a:b] + b"\xff\xd9" for a, b in zip(off[:-1], off[1:], strict=True)]
+
+
+def test_shared_tables_rebuild_opencvs_files_byte_for_byte(raw, jpeg) -> None:
+    """The store keeps each frame's scan once and the ~620 header bytes once per camera; the
+    file a read decodes is, byte for byte, the one OpenCV writes for the raw cache's pixels."""
+    files = _whole_files(jpeg)
+    header_len = scan_start(files[0])
+    pixels = np.asarray(raw.array("camera_0"))  # (F, 3, H, W) RGB: the same source pixels
+    assert header_len > 500 and len(files) == pixels.shape[0]  # each camera frame once
+    blob = (jpeg.root / "camera_0.jpeg").stat().st_size
+    assert blob == sum(len(f) for f in files) - len(files) * (header_len + 2)
+    for f in (0, 7, len(files) - 1):
+        bgr = np.ascontiguousarray(pixels[f][::-1].transpose(1, 2, 0))
+        ok, opencv = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok and opencv.tobytes() == files[f]
+
+
+def _as_whole_files(jpeg: DatasetCache, root: Path) -> tuple[Path, dict]:
+    """A copy of `jpeg` as written before the tables were shared (no "tables": whole files)."""
+    root = Path(shutil.copytree(jpeg.root, root))
+    files = _whole_files(jpeg)
+    (root / "camera_0.jpeg").write_bytes(b"".join(files))
+    np.cumsum([0] + [len(f) for f in files]).astype(np.uint64).tofile(root / "camera_0_offsets.u64")
+    np.array([zlib.crc32(f) for f in files], np.uint32).tofile(root / "camera_0_crc32.u32")
+    meta = json.loads((root / "dataset.json").read_text())
+    del meta["image_store"]["tables"], meta["arrays"]["camera_0_header"]
+    meta["arrays"]["camera_0_jpeg"]["shape"] = [sum(len(f) for f in files)]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root, meta
+
+
+def test_store_of_whole_files_still_reads(jpeg, tmp_path) -> None:
+    old, meta = _as_whole_files(jpeg, tmp_path / "whole")
+    frames = np.arange(jpeg.n_frames)
+    np.testing.assert_array_equal(DatasetCache(old).images(frames), jpeg.images(frames))
+    meta["image_store"]["tables"] = "per-frame"  # a store kind from a later version
+    (old / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptCacheError, match="image_store .* is not one this version reads"):
+        DatasetCache(old)
 
 
 @pytest.fixture
@@ -149,9 +198,23 @@ def test_flipped_bit_fails_the_frame_crc(damaged) -> None:
         _read_all(root)
 
 
-def test_frame_that_does_not_decode_names_it(damaged) -> None:
-    """Garbage with a matching CRC (written so by a broken writer) still fails, by name."""
-    root, off = damaged
+def test_damaged_shared_header_is_refused_on_opening(damaged) -> None:
+    """One flipped bit in a quantization table would change every frame: refused by name."""
+    root, _ = damaged
+    header = bytearray((root / "camera_0_header.jpeg").read_bytes())
+    header[30] ^= 0x01  # in the first DQT table
+    (root / "camera_0_header.jpeg").write_bytes(bytes(header))
+    with pytest.raises(CorruptCacheError, match=r"camera_0_header\.jpeg: the JPEG header all "
+                       "frames share fails its CRC-32"):  # fmt: skip
+        _read_all(root)
+
+
+def test_frame_that_does_not_decode_names_it(jpeg, tmp_path) -> None:
+    """Garbage with a matching CRC (written so by a broken writer) still fails, by name, where
+    each frame is a whole file. (Behind a shared header, libjpeg decodes any scan bytes into
+    some image with a warning: there the CRC is the check.)"""
+    root, _ = _as_whole_files(jpeg, tmp_path / "whole")
+    off = np.fromfile(root / "camera_0_offsets.u64", dtype=np.uint64)
     a, b = int(off[20]), int(off[21])
     data = bytearray((root / "camera_0.jpeg").read_bytes())
     data[a:b] = bytes(b - a)  # zeros: no JPEG header
