@@ -22,6 +22,8 @@ One command from a fresh clone: it first runs scripts/lerobot_venv.sh (idempoten
 3. Every measurement is a fresh process, apprentice then LeRobot, round after round, torch
    threads fixed (--threads) and OMP_WAIT_POLICY=PASSIVE on both sides:
    - training: batch 8, AdamW, grad-norm clip 10, each side's own loader (0 workers) and step;
+     on a CPU with native bf16 apprentice's process then also times its `--cpu-bf16` step
+     (bf16 autocast), a row of its own against the same LeRobot run;
    - loading: ACT samples (state, one image, 100 actions), batch 8, shuffled, 0 and 2 workers,
      at least 150 batches and 5 s: LeRobotDataset (delta_timestamps) + lerobot-train's
      DataLoader settings vs apprentice's training loader (`train_data.train_loader`);
@@ -263,6 +265,13 @@ def table(results: dict, figures: dict) -> str:
         ratios = [advantage(r["apprentice"], r["lerobot"]) for r in runs]
         rows.append(f"| {figures[key]} | {cell(a)} | {cell(b)} | {statistics.median(ratios):.2f}× "
                     f"({min(ratios):.2f}–{max(ratios):.2f}) |")  # fmt: skip
+        if key.startswith("train_") and "bf16_rate" in runs[0]["apprentice"]:
+            bf16 = [r["apprentice"]["bf16_rate"] / r["lerobot"]["rate"] for r in runs]
+            rows.append(
+                f"| the same, apprentice with `--cpu-bf16` (bf16 autocast) | "
+                f"{cell(a, 'bf16_rate')} | {cell(b)} | "
+                f"{statistics.median(bf16):.2f}× ({min(bf16):.2f}–{max(bf16):.2f}) |"
+            )
         if key.startswith("infer_"):  # the same graphs in eager mode on both sides
             eager = [r["lerobot"]["rate"] / r["apprentice"]["eager_ms"] for r in runs]
             rows.append(

@@ -37,7 +37,13 @@ from apprentice.dataset.samples import ActSamples, policy_batch
 from apprentice.learning.checkpoint import build_policy, load_policy
 from apprentice.learning.export import export_onnx
 from apprentice.learning.runtime import load_onnx_policy
-from apprentice.learning.train_config import DEFAULTS, TrainConfig, make_policy_config
+from apprentice.learning.train_config import (
+    DEFAULTS,
+    TrainConfig,
+    autocast,
+    cpu_has_bf16,
+    make_policy_config,
+)
 from apprentice.learning.train_data import train_loader
 from apprentice.learning.train_dist import Dist
 
@@ -64,30 +70,40 @@ def _loader(cache: DatasetCache, chunk: int, workers: int, batches: int, out: st
 
 
 def train(a: argparse.Namespace, cache: DatasetCache) -> dict:
+    """Steps/s in float32 and then, on a CPU with native bf16, with `--cpu-bf16`'s autocast
+    (`bf16_rate`), the same model and optimizer going on."""
     policy = _policy(a.policy, cache).train()
     d = DEFAULTS[("act", "paper")]
     optim = torch.optim.AdamW(policy.parameters(), lr=d.lr, betas=d.betas,
                               weight_decay=d.weight_decay, fused=True)  # fmt: skip
-    batches = iter(_loader(cache, policy.cfg.chunk_size, a.workers, a.warmup + a.steps, a.tmp))
-    losses = []
+    losses: dict[str, list[float]] = {"fp32": [], "bf16": []}
 
-    def step(batch: dict) -> None:
+    def step(batch: dict, bf16: bool) -> None:
         obs, action, pad = policy_batch(batch, CPU)
-        loss, _ = policy.compute_loss(obs, action, pad)
+        with autocast(CPU, bf16):
+            loss, _ = policy.compute_loss(obs, action, pad)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
         optim.step()
-        losses.append(float(loss.detach()))
+        losses["bf16" if bf16 else "fp32"].append(float(loss.detach()))
 
-    for _ in range(a.warmup):
-        step(next(batches))
-    t0 = time.perf_counter()
-    for batch in batches:  # the loader's time is in the step time, as in a training run
-        step(batch)
-    wall = time.perf_counter() - t0
-    return {"rate": a.steps / wall, "unit": "steps/s", "timed_s": wall, "losses": losses,
-            "params": sum(p.numel() for p in policy.parameters())}  # fmt: skip
+    def rate(bf16: bool) -> tuple[float, float]:
+        batches = iter(_loader(cache, policy.cfg.chunk_size, a.workers, a.warmup + a.steps, a.tmp))
+        for _ in range(a.warmup):
+            step(next(batches), bf16)
+        t0 = time.perf_counter()
+        for batch in batches:  # the loader's time is in the step time, as in a training run
+            step(batch, bf16)
+        wall = time.perf_counter() - t0
+        return a.steps / wall, wall
+
+    fp32, wall = rate(False)
+    out = {"rate": fp32, "unit": "steps/s", "timed_s": wall, "losses": losses,
+           "params": sum(p.numel() for p in policy.parameters())}  # fmt: skip
+    if cpu_has_bf16():
+        out["bf16_rate"], out["bf16_timed_s"] = rate(True)
+    return out
 
 
 def load(a: argparse.Namespace, cache: DatasetCache) -> dict:

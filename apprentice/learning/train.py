@@ -34,7 +34,11 @@ and plots use their own generators, so a resumed run repeats the losses of an un
 one. (CUDA kernels are not bitwise deterministic; there it matches closely, not exactly.)
 
 Devices: CUDA when available (bf16 autocast, no loss scaling needed for bf16), else CPU in
-float32. Multi-GPU: the same command under `torchrun --nproc-per-node N`; each process takes
+float32, or with `cpu_bf16` (`--cpu-bf16`) in bf16 autocast on a CPU that computes bf16
+natively (AVX512-BF16, AMX; 2.0-2.2x the float32 steps/s at the paper's ACT sizes, loss curves
+compared in docs/BENCHMARKS.md; refused elsewhere, where torch emulates bf16).
+
+Multi-GPU: the same command under `torchrun --nproc-per-node N`; each process takes
 `batch_size` samples of a global batch of N·batch_size (DistributedDataParallel, NCCL on
 CUDA, gloo on CPU); rank 0 validates, plots and writes checkpoints.
 """
@@ -65,6 +69,7 @@ from apprentice.learning.train_config import (
     autocast,
     backbone_notice,
     make_policy_config,
+    uses_bf16,
 )
 from apprentice.learning.train_data import (
     StepBatches,
@@ -108,6 +113,7 @@ def train(
         else "cpu"
     )  # fmt: skip
     device = resolve_device(cfg.device, world)
+    bf16 = uses_bf16(cfg, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -173,7 +179,7 @@ def train(
             for group in optim.param_groups:
                 group["lr"] = lr
             obs, action, pad = policy_batch(batch, device)
-            with autocast(device, cfg.amp):
+            with autocast(device, bf16):
                 loss, info = module(obs, action, pad)
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -193,7 +199,7 @@ def train(
                 bar.set_postfix(loss=f"{last_loss:.4g}")
             if world.main and validating:
                 assert val_batches is not None
-                val = validate(eval_policy, val_batches, device, cfg.amp)
+                val = validate(eval_policy, val_batches, device, bf16)
                 last_val = val["val_loss"]
                 row = {"step": done, **row, **val}
                 tqdm.write(f"step {done}: train loss {last_loss:.4g}, val loss {last_val:.4g}")
@@ -219,7 +225,8 @@ def train(
         wall = time.perf_counter() - t_start
         tqdm.write(
             f"{cfg.policy}: {done - start} steps at {(done - start) / wall:.2f} steps/s on "
-            f"{device}, {batches.waited_s / wall:.0%} of the time waiting for data "
+            f"{device}{' (bf16 autocast)' if bf16 else ''}, {batches.waited_s / wall:.0%} of "
+            "the time waiting for data "
             f"({loader.num_workers} loader workers)"
         )
         plot_samples(eval_policy, cache, run_dir / "samples.png", device)

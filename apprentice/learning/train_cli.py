@@ -26,7 +26,7 @@ from apprentice.interop.lerobot_cli import add_dataset_subcommands as add_lerobo
 
 # Flags that may change when a run is resumed; everything else comes from its run.json.
 _RESUMABLE = ("steps", "val_every", "val_batches", "log_every", "checkpoint_every",
-              "num_workers", "device", "amp")  # fmt: skip
+              "num_workers", "device", "amp", "cpu_bf16")  # fmt: skip
 
 
 def _torch_threads(threads: int | None) -> None:
@@ -45,6 +45,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         "steps": a.steps, "val_every": a.val_every, "val_batches": a.val_batches,
         "log_every": a.log_every, "checkpoint_every": a.checkpoint_every,
         "num_workers": a.num_workers, "device": a.device, "amp": a.amp,
+        "cpu_bf16": a.cpu_bf16,
     }  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     if a.resume:
@@ -212,6 +213,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA if present")
     t.add_argument("--no-amp", dest="amp", action="store_const", const=False,
                    help="no bf16 autocast on CUDA")  # fmt: skip
+    t.add_argument("--cpu-bf16", dest="cpu_bf16", action="store_const", const=True,
+                   help="bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX)")  # fmt: skip
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--backbone-weights", help="torchvision ResNet-18 weights (.safetensors)")
     t.add_argument("--dataset-config", help="dataset YAML when --data holds bags")

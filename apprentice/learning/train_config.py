@@ -74,7 +74,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on CUDA
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    amp: bool = True  # bf16 autocast on CUDA; CPU always trains in float32
+    amp: bool = True  # bf16 autocast on CUDA; CPU trains in float32 unless cpu_bf16
+    # bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX): ~1.5x at LeRobot's ACT size
+    # (docs/BENCHMARKS.md); off by default, the closed-loop results were trained in float32
+    cpu_bf16: bool = False
     backbone_weights: str | None = None  # torchvision ResNet-18 as safetensors (backbone.py)
     dataset_config: str | None = None  # YAML (dataset/config.py) when `data` holds bags
     policy_overrides: dict[str, Any] = field(default_factory=dict)  # policy config fields
@@ -180,6 +183,25 @@ def policy_samples(
     return DiffusionSamples(cache, split, pcfg.n_obs_steps, pcfg.horizon)
 
 
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when `amp` (no loss scaling needed for bf16); CPU: float32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates
+    it, slower than float32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast for this run: `amp` on CUDA, `cpu_bf16` on a CPU that computes bf16
+    natively (a UserValueError on one that does not: it would train slower, not faster)."""
+    if device.type == "cuda":
+        return cfg.amp
+    if cfg.cpu_bf16 and not cpu_has_bf16():
+        raise UserValueError(
+            "--cpu-bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); torch would emulate "
+            "it, slower than float32: train without it"
+        )
+    return cfg.cpu_bf16
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast when `bf16` (`uses_bf16`; no loss scaling needed for bf16)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

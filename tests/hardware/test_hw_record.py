@@ -7,17 +7,16 @@ recorder writes both arms, the commands and both cameras; the dataset builder ta
 
 from __future__ import annotations
 
-import queue
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from child_processes import Lines
 from hw_setup import IDS, centred_calibration
 from rosbags.highlevel import AnyReader
 
@@ -47,31 +46,6 @@ def write_video(path: Path, color: tuple[int, int, int], frames: int = 30) -> Pa
         writer.write(img)
     writer.release()
     return path
-
-
-class Lines:
-    """A child's stdout, line by line, on a thread: wait for a line without blocking forever."""
-
-    def __init__(self, stream) -> None:
-        self.lines: list[str] = []
-        self._q: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.lines.append(line)
-            self._q.put(line)
-
-    def wait_for(self, text: str, timeout: float) -> str:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                line = self._q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if text in line:
-                return line
-        raise AssertionError(f"no {text!r} within {timeout} s:\n{''.join(self.lines)[-3000:]}")
 
 
 def move_leader(leader: EmulatorProcess, start: dict, end: dict, duration: float) -> None:
@@ -110,20 +84,20 @@ def test_record_an_episode_on_emulated_so101(tmp_path: Path) -> None:
         )
         out = Lines(proc.stdout)
         try:
-            out.wait_for("ready; keys", 90)
+            at, _ = out.wait_for("ready; keys", 90)
             time.sleep(3.0)  # teleop's smooth start (2 s) brings the follower onto the leader
             proc.stdin.write("s\n")
             proc.stdin.flush()
-            out.wait_for("recording episode_0000", 20)
+            at, _ = out.wait_for("recording episode_0000", 20, at)
             move_leader(leader, POSES[0], POSES[1], 1.5)
             move_leader(leader, POSES[1], POSES[2], 1.5)
             time.sleep(2.5)  # holding still: the follower settles on the leader's pose
-            status = out.wait_for("REC episode_0000", 10)
+            at, status = out.wait_for("REC episode_0000", 10, at)
             goals = {int(i): s["goal"] for i, s in follower.state()["servos"].items()}
             torques = [s["torque"] for s in follower.state()["servos"].values()]
             proc.stdin.write("k\n")
             proc.stdin.flush()
-            kept = out.wait_for("kept episode_0000", 30)
+            _, kept = out.wait_for("kept episode_0000", 30, at)
             proc.stdin.write("q\n")
             proc.stdin.flush()
             assert proc.wait(timeout=60) == 0, "".join(out.lines)[-3000:]

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from apprentice.dataset import DatasetCache, EpisodeBag, build_cache, infer_config
+from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
 from apprentice.learning.act.config import ActConfig
 from apprentice.learning.diffusion.config import DiffusionConfig
 from apprentice.learning.normalize import NormStats
@@ -15,6 +17,16 @@ torch.set_num_threads(1)
 
 STATE_DIM = ACTION_DIM = 4
 N_CAMERAS = 2
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> DatasetCache:
+    """A training cache of three 1 s synthetic episodes at 32x40 (the training-loop tests)."""
+    root = tmp_path_factory.mktemp("train_cache")
+    for i in range(3):
+        write_episode(root / "bags" / f"ep{i}", SyntheticEpisode(duration_s=1.0), seed=i)
+    cfg = infer_config(EpisodeBag(root / "bags" / "ep0").topics, image_hw=(32, 40))
+    return build_cache(root / "bags", cfg, root / "cache", progress=False)
 
 
 @pytest.fixture

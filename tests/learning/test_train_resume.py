@@ -12,60 +12,11 @@ import time
 
 import numpy as np
 import pytest
-from safetensors.torch import load_file
+from tiny_training import TINY
 
-from apprentice.dataset import EpisodeBag, build_cache, infer_config
-from apprentice.dataset.synthetic import SyntheticEpisode, write_episode
 from apprentice.learning.train import StepBatches, resume_config, train
 from apprentice.learning.train_config import TrainConfig
 from apprentice.learning.train_report import read_metrics
-
-TINY = {
-    "act": dict(d_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=1,
-                n_decoder_layers=1, n_vae_encoder_layers=1, latent_dim=8, chunk_size=8,
-                backbone_width=8),
-    "diffusion": dict(backbone_width=8, n_keypoints=8, image_feature_dim=16,
-                      down_dims=(16, 32), n_groups=4, kernel_size=3, step_embed_dim=16),
-}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    for i in range(3):
-        write_episode(root / "bags" / f"ep{i}", SyntheticEpisode(duration_s=1.0), seed=i)
-    cfg = infer_config(EpisodeBag(root / "bags" / "ep0").topics, image_hw=(32, 40))
-    return build_cache(root / "bags", cfg, root / "cache", progress=False)
-
-
-@pytest.mark.parametrize("policy", ["act", "diffusion"])
-def test_resume_repeats_the_uninterrupted_run(cache, tmp_path, policy: str) -> None:
-    def config(out: str, steps: int) -> TrainConfig:
-        return TrainConfig(
-            policy=policy, data=str(cache.root), out=str(tmp_path / out), preset="cpu",
-            steps=steps, batch_size=3, ema_decay=0.9, log_every=1, val_every=3, val_batches=1,
-            checkpoint_every=3, policy_overrides=TINY[policy],
-        )  # fmt: skip
-
-    straight = train(config("straight", 6), progress=False)
-    first = train(config("resumed", 6), until=4, progress=False)  # checkpoints at 3 and 4
-    assert first.step == 4
-    resumed_dir = tmp_path / "resumed"
-    state = json.loads((resumed_dir / "checkpoints/last/state.json").read_text())
-    assert state["step"] == 4
-    train_rows = read_metrics(resumed_dir)
-    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
-    second = train(resume_config(resumed_dir, steps=6), resume=True, progress=False)
-    assert second.step == 6 and straight.step == 6
-    a, b = read_metrics(tmp_path / "straight"), read_metrics(resumed_dir)
-    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
-    np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-5)
-    np.testing.assert_allclose(b[-1]["val_loss"], a[-1]["val_loss"], rtol=1e-5)
-    # and the final weights (raw and EMA) agree
-    for part in ("model", "ema"):
-        wa = load_file(str(tmp_path / "straight/checkpoints/last" / part / "model.safetensors"))
-        wb = load_file(str(resumed_dir / "checkpoints/last" / part / "model.safetensors"))
-        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-5
 
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(cache, tmp_path) -> None:
