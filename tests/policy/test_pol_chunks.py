@@ -177,8 +177,13 @@ def test_commands_are_the_published_chunks_points(policy_dir, tester, tmp_path) 
     points = np.array([[p.positions for p in m.points] for m in chunks])  # (C, H, J)
     assert np.ptp(points[:, 0], axis=0).max() > 1e-3  # the chunks differ (noise images)
 
-    matched, held, fractions, used = 0, 0, [], set()
-    prev = None
+    matched, held, fractions, used, lost = 0, 0, [], set(), []
+    # the stream this test received may miss messages a loaded host's DDS overwrote in a full
+    # history (chunks: `len(chunks)` may be 80 % of the inferences, above): a command from a
+    # chunk never received, or after a gap in the commands (its hold compares against a
+    # command that was not the last), cannot be checked; it is counted, never passed over
+    chunks_lost = stats["inferences"] - len(chunks) > 1
+    prev, prev_t = None, None
     for t, q in commands:
         hits = []
         for c in np.flatnonzero(stamps <= t + TICK):
@@ -195,12 +200,21 @@ def test_commands_are_the_published_chunks_points(policy_dir, tester, tmp_path) 
                     fractions.append(f)
         elif matched and prev is not None and np.array_equal(q, prev):
             held += 1
+        elif matched and (chunks_lost or t - prev_t > 1.5 * TICK):
+            lost.append(t)
         else:
-            assert not matched, f"command at {t} is no chunk's point and no hold: {q}"
-        prev = q
+            assert not matched, (
+                f"command at {t} is no chunk's point and no hold: {q} ({len(chunks)} chunks "
+                f"of {stats['inferences']} inferences received)"
+            )
+        prev, prev_t = q, t
     # a hold is a chunk that came after the plan ran out: rare on an idle host; 18 and 56 of
     # ~110 commands at load average 9 and 14 on 2 cores (n_execute 5), 81 of 121 at 18
-    print(f"{matched} commands from chunks, {held} held, of {len(commands)}")
+    print(
+        f"{matched} commands from chunks, {held} held, {len(lost)} after a lost message, of "
+        f"{len(commands)}; {len(chunks)} chunks of {stats['inferences']} inferences"
+    )
+    assert len(lost) <= 0.2 * len(commands), (len(lost), len(commands))
     assert matched >= 10, (matched, held, len(commands))
     assert max(used) < N_EXECUTE, sorted(used)  # receding runs only the first n_execute
     # a chunk's first points run only if it came in time: late ones were dropped as stale
