@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from apprentice.dataset import DatasetCache, DatasetConfig, EpisodeBag, build_cache, find_episodes
 from apprentice.dataset.image_store import scan_start
+from apprentice.dataset.mcap_checked import DatasetError
 from apprentice.dataset.samples import ActSamples
 
 LEROBOT_SAMPLES_PER_S = 225.0  # the issue: LeRobot's loader, 0 workers
@@ -260,4 +261,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (DatasetError, FileNotFoundError) as e:  # a wrong --bags or --config: one line
+        raise SystemExit(f"image_store: {e}") from None
