@@ -75,7 +75,7 @@ class TrainConfig:
     num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on CUDA
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     amp: bool = True  # bf16 autocast on CUDA; CPU trains in float32 unless cpu_bf16
-    # bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX): ~1.5x at LeRobot's ACT size
+    # bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX): ~2x at the paper ACT sizes
     # (docs/BENCHMARKS.md); off by default, the closed-loop results were trained in float32
     cpu_bf16: bool = False
     backbone_weights: str | None = None  # torchvision ResNet-18 as safetensors (backbone.py)
