@@ -36,7 +36,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -243,6 +243,14 @@ class ServoBusArm:
     def faulted(self) -> str | None:
         """Why the arm is in its safe state, or None."""
         return self._faulted
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Counters, servo errors and the safe state as one snapshot, under the bus lock: read
+        one by one, a safe state entered between the reads showed with its entry uncounted
+        (CI: safe_state set, safe_state_entries 0)."""
+        with self._lock:
+            return {"bus": self.counters, "servo_errors": self.servo_errors,
+                    "safe_state": self._faulted}  # fmt: skip
 
     def clear_errors(self) -> None:
         """Forgets recorded servo errors. On Dynamixel, servos with a latched hardware error are

@@ -236,11 +236,8 @@ def _build_servo_bus(config: Mapping[str, Any]) -> BuiltArm:
         arm.close()
         raise
 
-    def diagnostics() -> dict[str, Any]:
-        return {"bus": arm.counters, "servo_errors": arm.servo_errors, "safe_state": arm.faulted}
-
     limits = np.array([j.velocity_limit(c) for j, c in zip(cfg.joints, joints, strict=True)])
-    return BuiltArm(arm, arm.close, limits, diagnostics, arm.rearm)
+    return BuiltArm(arm, arm.close, limits, arm.diagnostics, arm.rearm)
 
 
 # The simulated arms' velocity limit, rad/s (m/s for ALOHA's gripper): twice teleop's step limit
