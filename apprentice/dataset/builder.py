@@ -49,8 +49,8 @@ from apprentice.dataset.image_store import (
     ArrayWriter,
     FrameWriter,
     frame_writer,
+    new_store,
     open_array,
-    resolve_store,
 )
 from apprentice.learning.normalize import NORM_MODES, NormStats
 from apprentice.resample import asof_indices, control_grid
@@ -306,9 +306,7 @@ def _build_into(
         s.topic: s.joints for s in (*cfg.state, *cfg.action)
     }
     files: dict[str, ArrayWriter] = {}
-    store = {"kind": resolve_store(cfg.image_store, cfg.image_hw)}
-    if store["kind"] == "jpeg":
-        store |= {"quality": cfg.jpeg_quality, "tables": "shared"}
+    store = new_store(cfg.image_store, cfg.image_hw, cfg.jpeg_quality)
     cameras: list[FrameWriter] = []
     records: list[dict] = []
     skipped: list[str] = []

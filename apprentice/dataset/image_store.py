@@ -78,6 +78,13 @@ def resolve_store(choice: str, hw: tuple[int, int]) -> str:
     return choice
 
 
+def new_store(choice: str, hw: tuple[int, int], quality: int) -> dict[str, Any]:
+    """dataset.json's "image_store" for a cache this version writes (`resolve_store`)."""
+    if resolve_store(choice, hw) == "jpeg":
+        return {"kind": "jpeg", "quality": quality, "tables": "shared"}
+    return {"kind": "raw"}
+
+
 def store_of(meta: dict[str, Any], meta_path: Path) -> dict[str, Any]:
     """dataset.json's "image_store" ({"kind": "raw"} for a cache written before it existed)."""
     store = meta.get("image_store", {"kind": "raw"})

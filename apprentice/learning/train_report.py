@@ -1,6 +1,6 @@
 """What a training run yields besides its checkpoint, and how to read it back:
 
-    validate(policy, batches, device, amp)       → {"val_loss": …, "val_<term>": …}
+    validate(policy, batches, device, bf16)      → {"val_loss": …, "val_<term>": …}
     plot_losses(run/"metrics.jsonl", run/"loss.png")
     plot_samples(policy, cache, run/"samples.png", device)
     read_metrics("runs/pick")                    → the rows of metrics.jsonl
@@ -36,7 +36,7 @@ from apprentice.learning.train_config import (
 
 @torch.no_grad()
 def validate(
-    policy: Policy, batches: DataLoader, device: torch.device, amp: bool
+    policy: Policy, batches: DataLoader, device: torch.device, bf16: bool
 ) -> dict[str, float]:
     """Mean loss terms over fixed validation batches, deterministic: ACT in eval mode uses
     z = mu; Diffusion draws its noise and timesteps from a generator seeded the same each
@@ -48,7 +48,7 @@ def validate(
     count = 0
     for batch in batches:
         obs, action, pad = policy_batch(batch, device)
-        with autocast(device, amp):
+        with autocast(device, bf16):
             if policy.policy_type == "act":
                 _, info = policy.compute_loss(obs, action, pad)
             else:
